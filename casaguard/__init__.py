@@ -1,0 +1,53 @@
+"""casaguard: call CASA safely. Every task runs in a child process; crashes become typed exceptions.
+
+The calling process never imports casatools, casatasks or python-casacore.
+"""
+
+from __future__ import annotations
+
+from casaguard.errors import (
+    AbortCrash,
+    CasaCrash,
+    CasaguardError,
+    CasaSevereError,
+    CasaTaskError,
+    ChildError,
+    HeapCorruption,
+    InvalidInput,
+    Killed,
+    MsLocked,
+    RemoteTraceback,
+    Segfault,
+    SetupError,
+    TaskTimeout,
+    UnexpectedExit,
+)
+from casaguard.simulate import make_point_complist, simulate_ms
+from casaguard.tasks import call, clearcal, ft, run_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbortCrash",
+    "CasaCrash",
+    "CasaSevereError",
+    "CasaTaskError",
+    "CasaguardError",
+    "ChildError",
+    "HeapCorruption",
+    "InvalidInput",
+    "Killed",
+    "MsLocked",
+    "RemoteTraceback",
+    "Segfault",
+    "SetupError",
+    "TaskTimeout",
+    "UnexpectedExit",
+    "__version__",
+    "call",
+    "clearcal",
+    "ft",
+    "make_point_complist",
+    "run_task",
+    "simulate_ms",
+]

@@ -1,0 +1,131 @@
+"""Child entry point: run one request from a job directory, then ``os._exit``.
+
+Order matters. Before anything that could crash: fd 1 and fd 2 go to the job's
+output file (``os.dup2``: glibc, libstdc++ and faulthandler write there, and
+the bytes survive the crash), ``LIBC_FATAL_STDERR_`` is set, faulthandler is
+on, and the child asks the kernel to kill it if its parent dies. Only then is
+the request read and CASA imported (by the function the request names; only
+``casaguard._incasa`` modules import casatools). The reply is written before
+any teardown, so a crash in teardown cannot lose a finished result. The child
+never returns into the interpreter's shutdown: it leaves through ``os._exit``.
+
+Run as ``python -m casaguard._child JOBDIR PARENT_PID`` (spawn mode), or
+called as ``run_job`` in a fork of the warm template.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+from casaguard import _job
+
+_PR_SET_PDEATHSIG = 1
+
+
+def redirect_output(directory: Path) -> None:
+    """Send fd 1 and fd 2 to the job's output file and arm the crash reporters."""
+    fd = os.open(directory / _job.OUTPUT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ["LIBC_FATAL_STDERR_"] = "1"
+    # Python's own text streams must follow the new fds, unbuffered enough that a
+    # crash right after a print still shows the print.
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGKILL when the parent dies; leave now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(_job.EXIT_PARENT_GONE)
+
+
+def run_job(directory: Path) -> NoReturn:
+    """Run the request in ``directory``, write the reply, and ``os._exit``."""
+    try:
+        request = _job.read_request(directory)
+    except BaseException as error:  # noqa: BLE001 - report anything, then leave
+        print(f"casaguard child: cannot read request: {error!r}", file=sys.stderr)
+        _exit(_job.EXIT_BAD_REQUEST)
+    _prepare(request, directory)
+    _job.mark(directory, "started")
+    try:
+        value = request.func(*request.args, **request.kwargs)
+    except BaseException as error:  # noqa: BLE001 - every exception becomes a reply
+        _job.mark(directory, "raised")
+        reply = _error_reply(error)
+    else:
+        _job.mark(directory, "returned")
+        reply = _job.Reply(ok=True, value=value)
+    try:
+        _job.write_reply(directory, reply)
+    except BaseException as error:  # noqa: BLE001 - e.g. a result dill cannot pickle
+        try:
+            _job.write_reply(directory, _error_reply(error))
+        except BaseException:  # noqa: BLE001
+            _exit(_job.EXIT_REPLY_FAILED)
+    _job.mark(directory, "replied")
+    _exit(_job.EXIT_REPLIED)
+
+
+def _prepare(request: _job.Request, directory: Path) -> None:
+    os.environ.update(request.env_updates)
+    if request.cwd:
+        os.chdir(request.cwd)
+    if request.setup_casa_log:
+        from casaguard._incasa.logs import log_to
+
+        log_to(str(directory / _job.CASA_LOG))
+
+
+def _error_reply(error: BaseException) -> _job.Reply:
+    kind = type(error)
+    try:
+        import dill
+
+        pickled: bytes | None = dill.dumps(error)
+        dill.loads(pickled)  # only send what the parent can rebuild
+    except BaseException:  # noqa: BLE001
+        pickled = None
+    return _job.Reply(
+        ok=False,
+        exc_type=f"{kind.__module__}.{kind.__qualname__}",
+        exc_message=str(error),
+        traceback="".join(traceback.format_exception(error)),
+        exc_pickle=pickled,
+    )
+
+
+def _exit(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - nothing left to report to
+            pass
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = sys.argv[1:] if argv is None else argv
+    directory = Path(args[0])
+    redirect_output(directory)
+    die_with_parent(int(args[1]) if len(args) > 1 else 0)
+    run_job(directory)
+
+
+if __name__ == "__main__":
+    main()

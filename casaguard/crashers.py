@@ -1,0 +1,208 @@
+"""Real, deterministic crashes for the crash-regression suite.
+
+Each function kills the process that runs it, for real, the way CASA does:
+glibc's own heap checks fire on genuinely corrupted chunk headers, the kernel
+delivers a genuine SIGSEGV, libstdc++ genuinely calls ``std::terminate``.
+They are meant to run inside a sandbox child (``casaguard.call(double_free)``)
+and never in a process you care about.
+
+The heap layouts below assume glibc's ptmalloc2 on 64-bit Linux (chunk header
+= prev_size, size; 16-byte alignment; tcache for chunks up to 1032 bytes), as
+in glibc 2.26 and later.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import time
+
+_WORD = ctypes.sizeof(ctypes.c_size_t)
+_PREV_INUSE = 0x1
+# Large enough to bypass tcache and fastbins, small enough to stay below the
+# mmap threshold, so frees go through _int_free's consolidation checks.
+_LARGE = 0x500
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.calloc.restype = ctypes.c_void_p
+    libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+    libc.free.restype = None
+    libc.free.argtypes = [ctypes.c_void_p]
+    return libc
+
+
+def _size_field(user_pointer: int) -> ctypes.c_size_t:
+    return ctypes.c_size_t.from_address(user_pointer - _WORD)
+
+
+def _prev_size_field(user_pointer: int) -> ctypes.c_size_t:
+    return ctypes.c_size_t.from_address(user_pointer - 2 * _WORD)
+
+
+def _chunk_size(user_pointer: int) -> int:
+    return int(_size_field(user_pointer).value) & ~0x7
+
+
+def double_free_tcache() -> None:
+    """Free a small chunk twice: glibc says ``free(): double free detected in tcache 2``."""
+    libc = _libc()
+    pointer = libc.malloc(64)
+    libc.free(pointer)
+    libc.free(pointer)
+
+
+def double_free_out() -> None:
+    """Free a chunk whose size runs past the heap: ``double free or corruption (out)``.
+
+    This is the field report's ft message: ptmalloc finds the chunk's
+    successor outside the arena, as after a chunk header was overwritten.
+    """
+    libc = _libc()
+    pointer = libc.malloc(_LARGE)
+    _size_field(pointer).value = (1 << 40) | _PREV_INUSE
+    libc.free(pointer)
+
+
+def double_free_prev() -> None:
+    """Free a large chunk twice: ``double free or corruption (!prev)``."""
+    libc = _libc()
+    pointer = libc.malloc(_LARGE)
+    guard = libc.malloc(_LARGE)  # keeps the chunk away from the top chunk
+    libc.free(pointer)
+    libc.free(pointer)
+    libc.free(guard)
+
+
+def corrupted_size_vs_prev_size() -> None:
+    """Break a free chunk's boundary tag: ``corrupted size vs. prev_size``.
+
+    The field report's clearcal message. B is freed (its successor C records
+    B's size in prev_size), then C's prev_size is overwritten; freeing A makes
+    ptmalloc unlink B forward and the two sizes disagree.
+    """
+    libc = _libc()
+    first, second, third = _adjacent_chunks(libc)
+    # Everything Python needs is built before the first free: any malloc in
+    # between would sort B out of the unsorted bin and trip a different check.
+    boundary_tag = _prev_size_field(third)
+    wrong_size = _chunk_size(second) + 0x10
+    free = libc.free
+    free(second)
+    boundary_tag.value = wrong_size
+    free(first)
+
+
+def _adjacent_chunks(libc: ctypes.CDLL) -> tuple[int, int, int]:
+    """Allocate three neighbouring large chunks (A in use before B before C).
+
+    A long-lived interpreter's heap has holes; chunks that are not neighbours
+    are kept (leaked) so the next try comes from fresh space.
+    """
+    for _ in range(1000):
+        first, second, third = (libc.malloc(_LARGE) for _ in range(3))
+        libc.malloc(_LARGE)  # guard so that C never touches the top chunk
+        if (
+            second == first + _chunk_size(first)
+            and third == second + _chunk_size(second)
+            and _size_field(first).value & _PREV_INUSE
+        ):
+            return first, second, third
+    raise RuntimeError("could not find three adjacent heap chunks")
+
+
+def invalid_pointer() -> None:
+    """Free a pointer into the middle of a block: ``free(): invalid pointer``."""
+    libc = _libc()
+    pointer = libc.calloc(1, 256)
+    libc.free(pointer + 1)
+
+
+def invalid_size() -> None:
+    """Free a chunk whose size field is below the minimum: ``free(): invalid size``."""
+    libc = _libc()
+    pointer = libc.malloc(_LARGE)
+    _size_field(pointer).value = 0x10 | _PREV_INUSE
+    libc.free(pointer)
+
+
+def segfault() -> None:
+    """Read address 0: the kernel delivers SIGSEGV."""
+    ctypes.string_at(0)
+
+
+def cxx_terminate(what: str = "casaguard crash corpus") -> None:
+    """Throw a C++ exception that nothing catches: libstdc++ prints
+    ``terminate called after throwing an instance of 'std::length_error'``
+    with ``what():`` and aborts, as CASA does when an AipsError escapes.
+    """
+    libstdcxx = ctypes.CDLL(ctypes.util.find_library("stdc++") or "libstdc++.so.6")
+    # std::__throw_length_error(const char*): a real throw from libstdc++ that
+    # unwinds into ctypes' C frames, finds no handler, and terminates.
+    throw = libstdcxx._ZSt20__throw_length_errorPKc
+    throw.argtypes = [ctypes.c_char_p]
+    throw(what.encode())
+
+
+def abort() -> None:
+    """Call abort(3) with no message: a bare SIGABRT."""
+    _libc().abort()
+
+
+def sigkill_self() -> None:
+    """Send ourselves SIGKILL, as the OOM killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hang(seconds: float = 3600.0) -> None:
+    """Sleep far past any sensible timeout, as CASA does on a held lock."""
+    time.sleep(seconds)
+
+
+def stderr_flood(megabytes: int = 100, then: str = "return") -> str:
+    """Write ``megabytes`` MB to fd 2, then return (``then="return"``) or abort.
+
+    Proves that a chatty child never blocks and that only the tail is kept.
+    """
+    chunk = (b"casaguard stderr flood line " + b"x" * 995 + b"\n")[:1024]
+    block = chunk * 1024
+    for _ in range(megabytes):
+        os.write(2, block)
+    os.write(2, b"END OF FLOOD\n")
+    if then == "abort":
+        abort()
+    return "flooded"
+
+
+def exit_code(code: int = 3) -> None:
+    """Leave with an exit code and no reply, as C code calling exit() does."""
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def raise_python(message: str = "raised in the child") -> None:
+    """Raise an ordinary Python exception."""
+    raise RuntimeError(message)
+
+
+#: name -> (crasher, expected kind, expected signal name or None)
+CRASHERS = {
+    "double_free_tcache": (double_free_tcache, "double-free", "SIGABRT"),
+    "double_free_out": (double_free_out, "double-free", "SIGABRT"),
+    "double_free_prev": (double_free_prev, "double-free", "SIGABRT"),
+    "corrupted_size_vs_prev_size": (corrupted_size_vs_prev_size, "corrupted-size", "SIGABRT"),
+    "invalid_pointer": (invalid_pointer, "invalid-pointer", "SIGABRT"),
+    "invalid_size": (invalid_size, "heap-corruption", "SIGABRT"),
+    "segfault": (segfault, "segfault", "SIGSEGV"),
+    "cxx_terminate": (cxx_terminate, "cxx-terminate", "SIGABRT"),
+    "abort": (abort, "abort", "SIGABRT"),
+    "sigkill_self": (sigkill_self, "killed", "SIGKILL"),
+    "exit_code": (exit_code, "exit", None),
+    "raise_python": (raise_python, "python-error", None),
+}

@@ -1,0 +1,64 @@
+"""``casaguard demo``: the guarded workflow on a simulated MS, needing no data of the user's.
+
+Steps: simulate a small MS, seed MODEL_DATA with a guarded ``ft``, read it back,
+guarded ``clearcal``, then a real heap crash in a sandbox child that the demo
+survives and explains.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from casaguard import crashers
+from casaguard._job import Ref
+from casaguard.errors import CasaCrash
+from casaguard.simulate import make_point_complist, simulate_ms
+from casaguard.tasks import call, clearcal, ft
+
+
+def _step(title: str, action: Callable[[], Any]) -> Any:
+    print(f"==> {title}", flush=True)
+    started = time.monotonic()
+    result = action()
+    print(f"    done in {time.monotonic() - started:.2f} s", flush=True)
+    return result
+
+
+def run_demo(directory: str, *, keep: bool = False) -> int:
+    """Run the demo in a new folder under ``directory``; remove it unless ``keep``.
+
+    Returns:
+        0 when every step behaved as expected, 1 otherwise.
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / time.strftime("run-%Y%m%d-%H%M%S")
+    work.mkdir()
+    vis, cl = str(work / "demo.ms"), str(work / "point.cl")
+    try:
+        rows = _step("simulate a small MS (casatools.simulator, in a child)", lambda: simulate_ms(vis))
+        print(f"    {vis}: {rows} rows")
+        _step("write a 1 Jy point-source component list", lambda: make_point_complist(cl))
+        _step("guarded ft(usescratch=True) seeds MODEL_DATA", lambda: ft(vis=vis, complist=cl, usescratch=True))
+        summary = call(Ref("casaguard._incasa.inspect_ms", "column_summary"), vis, "MODEL_DATA")
+        print(f"    MODEL_DATA shape {summary['shape']}, mean |V| = {summary['mean_amplitude']:.3f} Jy")
+        _step("guarded clearcal(addmodel=True)", lambda: clearcal(vis=vis, addmodel=True))
+        print("==> a real heap corruption in a sandbox child (glibc: double free or corruption (out))")
+        try:
+            call(crashers.double_free_out, casa=False)
+        except CasaCrash as error:
+            print(f"    caught {type(error).__name__} kind={error.kind} signal={error.signal}")
+            print(f"    {error}")
+            print("    ...and this process is still alive.")
+        else:
+            print("    the crasher did not crash: unexpected")
+            return 1
+        print(f"demo finished: {work}" + ("" if keep else " (removed; use --keep to keep it)"))
+        return 0
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,196 @@
+"""Guarded drop-ins for casatasks: ``ft``, ``clearcal``, ``run_task`` and ``call``.
+
+``ft`` and ``clearcal`` take exactly the parameters of ``casatasks.ft`` and
+``casatasks.clearcal`` (names, order, defaults; a test compares them with the
+real task objects), followed by casaguard's own keyword-only options:
+
+* ``timeout``: seconds before the child's process tree is killed (default: none).
+* ``lock_timeout``: seconds to wait while another process holds the MS's lock
+  (default 60); then ``MsLocked`` names the holder's pid and command line.
+* ``strict``: a task that returns normally but logged a SEVERE line (other than
+  CASA's leap-second noise) raises ``CasaSevereError`` (default True), because
+  ``ft`` reports some failures -- e.g. a MODEL_DATA shape mismatch -- only so.
+* ``mode``: ``"spawn"`` or ``"template"``; default ``$CASAGUARD_MODE`` or the fastest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from casaguard import runner
+from casaguard._job import Ref
+from casaguard.errors import InvalidInput
+
+
+def _vis_path(vis: Any) -> str | None:
+    if isinstance(vis, str) and vis:
+        return os.path.abspath(vis)
+    return None
+
+
+def run_task(
+    name: str,
+    /,
+    *,
+    timeout: float | None = None,
+    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    strict: bool = True,
+    mode: str | None = None,
+    **params: Any,
+) -> Any:
+    """Run ``casatasks.<name>(**params)`` in a sandbox child and return its result.
+
+    Args:
+        name: the casatask's name, e.g. ``"flagdata"``.
+        timeout, lock_timeout, strict, mode: see the module docstring.
+        **params: the task's own parameters.
+
+    Returns:
+        Whatever the task returns (it must be picklable).
+
+    Raises:
+        InvalidInput: no such task, or a parameter it does not take.
+        CasaCrash: a subclass naming how the child failed.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InvalidInput(f"task name must be an identifier, got {name!r}")
+    return runner.run(
+        runner.CallSpec(
+            func=Ref("casaguard._incasa.tasks", "run_casatask"),
+            args=(name, params),
+            name=name,
+            is_casa_task=True,
+            vis=_vis_path(params.get("vis")),
+            timeout=timeout,
+            lock_timeout=lock_timeout,
+            strict=strict,
+            mode=mode,
+        )
+    )
+
+
+def ft(
+    vis: str = "",
+    field: str = "",
+    spw: str = "",
+    model: str | list[str] = "",
+    nterms: int = 1,
+    reffreq: str = "",
+    complist: str = "",
+    incremental: bool = False,
+    usescratch: bool = False,
+    *,
+    timeout: float | None = None,
+    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    strict: bool = True,
+    mode: str | None = None,
+) -> Any:
+    """Guarded ``casatasks.ft``: insert a source model into MODEL_DATA (or the virtual model).
+
+    The CASA parameters mean exactly what they mean to ``casatasks.ft``.
+
+    Returns:
+        What ``casatasks.ft`` returns (None).
+
+    Raises:
+        CasaCrash: a subclass naming how the child failed; ``casa_error`` holds
+            CASA's message (e.g. ``Please make sure MS is writable ...``).
+    """
+    return run_task(
+        "ft",
+        vis=vis,
+        field=field,
+        spw=spw,
+        model=model,
+        nterms=nterms,
+        reffreq=reffreq,
+        complist=complist,
+        incremental=incremental,
+        usescratch=usescratch,
+        timeout=timeout,
+        lock_timeout=lock_timeout,
+        strict=strict,
+        mode=mode,
+    )
+
+
+def clearcal(
+    vis: str = "",
+    field: str = "",
+    spw: str = "",
+    intent: str = "",
+    addmodel: bool = False,
+    *,
+    timeout: float | None = None,
+    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    strict: bool = True,
+    mode: str | None = None,
+) -> Any:
+    """Guarded ``casatasks.clearcal``: reset CORRECTED_DATA (and MODEL_DATA with addmodel).
+
+    Returns:
+        What ``casatasks.clearcal`` returns (None).
+
+    Raises:
+        CasaCrash: a subclass naming how the child failed.
+    """
+    return run_task(
+        "clearcal",
+        vis=vis,
+        field=field,
+        spw=spw,
+        intent=intent,
+        addmodel=addmodel,
+        timeout=timeout,
+        lock_timeout=lock_timeout,
+        strict=strict,
+        mode=mode,
+    )
+
+
+def callable_name(func: Callable[..., Any]) -> str:
+    """A readable name for messages: ``double_free_out``, ``Ref`` targets by attribute."""
+    if isinstance(func, Ref):
+        return func.attribute
+    return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or "call")
+
+
+def call(
+    func: Callable[..., Any],
+    /,
+    *args: Any,
+    timeout: float | None = None,
+    casa: bool = True,
+    mode: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run ``func(*args, **kwargs)`` in a sandbox child and return its result.
+
+    ``func`` may be a closure or a function of your ``__main__``: it travels by
+    value (dill), and your script is never re-run in the child.
+
+    Args:
+        func: any callable; its result must be picklable.
+        timeout: seconds before the child's tree is killed.
+        casa: capture a CASA log for the call (imports casatools in the child).
+        mode: ``"spawn"`` or ``"template"``.
+
+    Raises:
+        ChildError: ``func`` raised; the remote traceback is ``__cause__``.
+        CasaCrash: a subclass naming how the child died.
+    """
+    if not callable(func):
+        raise InvalidInput(f"call() needs a callable, got {type(func).__name__}")
+    return runner.run(
+        runner.CallSpec(
+            func=func,
+            args=args,
+            kwargs=kwargs,
+            name=callable_name(func),
+            setup_casa_log=casa,
+            timeout=timeout,
+            mode=mode,
+        )
+    )

@@ -1,0 +1,133 @@
+"""Shared fixtures: real simulated MSs (built once, copied per test) and leak checks.
+
+The test process itself never imports casatools, casatasks or python-casacore:
+MSs are simulated in a sandbox child, and MS surgery runs python-casacore in a
+subprocess (``casacore_script``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import casaguard
+
+#: setpriv arguments that make root obey file modes (tests run as root).
+DROP_ROOT_POWERS = [
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search,-fowner",
+    "--inh-caps=-all",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def crash_evidence_under_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Crash evidence goes under the session's temp area, never to the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("crash-evidence")
+    previous = os.environ.get("CASAGUARD_CRASH_DIR")
+    os.environ["CASAGUARD_CRASH_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("CASAGUARD_CRASH_DIR", None)
+    else:
+        os.environ["CASAGUARD_CRASH_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def ms_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Build each distinct simulated MS once per session; hand out fresh copies."""
+    built: dict[tuple[object, ...], Path] = {}
+    root = tmp_path_factory.mktemp("ms-cache")
+
+    def make(dest: Path, **kwargs: object) -> Path:
+        key = tuple(sorted(kwargs.items()))
+        if key not in built:
+            path = root / f"sim{len(built)}.ms"
+            casaguard.simulate_ms(path, **kwargs)  # type: ignore[arg-type]
+            built[key] = path
+        shutil.copytree(built[key], dest)
+        return dest
+
+    yield make
+
+
+@pytest.fixture
+def ms(ms_factory: object, tmp_path: Path) -> Path:
+    """A fresh copy of the default simulated MS: 168 rows, 1 spw of 8 channels, 4 corr."""
+    return ms_factory(tmp_path / "test.ms")  # type: ignore[operator,no-any-return]
+
+
+@pytest.fixture(scope="session")
+def complist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A component list with one 1 Jy point source at the simulated field centre."""
+    path = tmp_path_factory.mktemp("cl") / "point.cl"
+    casaguard.make_point_complist(path)
+    return path
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if _is_guarded_child(p)}
+
+
+def _is_guarded_child(proc: psutil.Process) -> bool:
+    try:
+        cmdline = " ".join(proc.cmdline())
+        return proc.status() != psutil.STATUS_ZOMBIE and "casaguard._template" not in cmdline
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a child process or a casaguard temp dir behind."""
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    before_dirs = set(tmp.glob("casaguard-*"))
+    before = _descendants()
+    yield
+    leaked = _descendants() - before
+    assert not leaked, f"leaked child processes: {sorted(leaked)}"
+    new_dirs = set(tmp.glob("casaguard-*")) - before_dirs
+    assert not new_dirs, f"leaked temp dirs: {sorted(map(str, new_dirs))}"
+
+
+def casacore_script(code: str, *, check: bool = True, timeout: float = 120) -> str:
+    """Run python-casacore ``code`` in a subprocess (never in the test process).
+
+    Returns:
+        The subprocess's stdout.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"casacore script failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+def casa_script(code: str, *, timeout: float = 300, drop_root: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a plain subprocess with offline CASA configured (no casaguard sandbox)."""
+    from casaguard import casaenv
+
+    command = [sys.executable, "-c", textwrap.dedent(code)]
+    if drop_root:
+        command = DROP_ROOT_POWERS + command
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=casaenv.child_environment(),
+        check=False,
+    )
