@@ -15,6 +15,7 @@ called as ``run_job`` in a fork of the warm template.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import os
@@ -22,7 +23,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from casaguard import _job
 
@@ -112,10 +113,8 @@ def _error_reply(error: BaseException) -> _job.Reply:
 
 def _exit(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):  # nothing is left to report a failure to
             stream.flush()
-        except Exception:  # noqa: BLE001, S110 - nothing left to report to
-            pass
     os._exit(code)
 
 

@@ -124,7 +124,7 @@ class JobDir:
             return None
         try:
             reply = dill.loads(data)
-        except Exception as error:  # a reply we cannot read is still a reply
+        except Exception as error:  # noqa: BLE001 - a reply we cannot read is still a reply
             return Reply(ok=False, exc_type="casaguard.UnreadableReply", exc_message=repr(error))
         return reply if isinstance(reply, Reply) else None
 

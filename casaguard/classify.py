@@ -22,7 +22,10 @@ GLIBC_FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("double-free", re.compile(r"double free or corruption(?: \([^)]*\))?")),
     ("double-free", re.compile(r"free\(\): double free detected in tcache \d+")),
     ("corrupted-size", re.compile(r"corrupted size vs\.? prev_size(?: while consolidating)?")),
-    ("invalid-pointer", re.compile(r"(?:free|munmap_chunk|realloc|mremap_chunk)\(\): invalid pointer")),
+    (
+        "invalid-pointer",
+        re.compile(r"(?:free|munmap_chunk|realloc|mremap_chunk)\(\): invalid pointer"),
+    ),
     (
         "heap-corruption",
         re.compile(
@@ -30,7 +33,10 @@ GLIBC_FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"tcache_thread_shutdown|malloc_trim|munmap_chunk|mremap_chunk)\(\): [^\n]+"
         ),
     ),
-    ("heap-corruption", re.compile(r"corrupted (?:double-linked list(?: \(not small\))?|top size)")),
+    (
+        "heap-corruption",
+        re.compile(r"corrupted (?:double-linked list(?: \(not small\))?|top size)"),
+    ),
     ("heap-corruption", re.compile(r"malloc: (?:top chunk is corrupt|corrupted top size)")),
     ("heap-corruption", re.compile(r"break adjusted to free malloc space")),
 )
@@ -62,7 +68,7 @@ KNOWN_CASA_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (
         re.compile(r"Visibility data set not found"),
-        "the vis path does not exist (relative paths are taken from the caller's working directory)",
+        "the vis path does not exist (relative paths are resolved in the caller's cwd)",
     ),
     (re.compile(r"Table \S+ does not exist"), "a table or subtable of the MS is missing"),
     (re.compile(r"cannot be opened for read/write|is not writable"), "a table is not writable"),

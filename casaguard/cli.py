@@ -46,7 +46,9 @@ def configure_logging(verbosity: int, *, json_logs: bool = False) -> None:
 
 
 def _add_task_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=None, help="seconds before the child is killed")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds before the child is killed"
+    )
     parser.add_argument(
         "--lock-timeout",
         type=float,
@@ -156,17 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Exit codes: 0 ok, 1 task failed / MS unsafe, 2 bad input, 130 interrupted.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log events (-v, -vv)")
-    parser.add_argument("--log-json", action="store_true", help="log events as JSON lines on stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log events (-v, -vv)"
+    )
+    parser.add_argument(
+        "--log-json", action="store_true", help="log events as JSON lines on stderr"
+    )
     parser.add_argument("--version", action="version", version=f"casaguard {casaguard.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser(
         "demo",
         help="simulate a small MS and run the guarded workflow on it (no data needed)",
-        description="Simulate a small MS, run guarded CASA tasks on it, and show a classified crash.",
+        description="Simulate a small MS, run guarded CASA tasks on it, show a classified crash.",
     )
-    demo.add_argument("--dir", default="casaguard-demo", help="where to write the demo MS (default ./casaguard-demo)")
+    demo.add_argument(
+        "--dir",
+        default="casaguard-demo",
+        help="where to write the demo MS (default ./casaguard-demo)",
+    )
     demo.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
     demo.set_defaults(handler=_cmd_demo)
 
@@ -197,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     task = commands.add_parser(
         "task",
         help="run any casatask by name, guarded",
-        description="Run casatasks.NAME(**params) in a sandbox child. Values are JSON, else strings.",
+        description="Run casatasks.NAME(**params) in a sandbox child. Values: JSON, else strings.",
     )
     task.add_argument("name", help="casatask name, e.g. flagdata")
     task.add_argument("param", nargs="*", help="KEY=VALUE parameters, e.g. vis=my.ms mode=summary")

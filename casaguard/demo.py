@@ -40,14 +40,24 @@ def run_demo(directory: str, *, keep: bool = False) -> int:
     work.mkdir()
     vis, cl = str(work / "demo.ms"), str(work / "point.cl")
     try:
-        rows = _step("simulate a small MS (casatools.simulator, in a child)", lambda: simulate_ms(vis))
+        rows = _step(
+            "simulate a small MS (casatools.simulator, in a child)", lambda: simulate_ms(vis)
+        )
         print(f"    {vis}: {rows} rows")
         _step("write a 1 Jy point-source component list", lambda: make_point_complist(cl))
-        _step("guarded ft(usescratch=True) seeds MODEL_DATA", lambda: ft(vis=vis, complist=cl, usescratch=True))
+        _step(
+            "guarded ft(usescratch=True) seeds MODEL_DATA",
+            lambda: ft(vis=vis, complist=cl, usescratch=True),
+        )
         summary = call(Ref("casaguard._incasa.inspect_ms", "column_summary"), vis, "MODEL_DATA")
-        print(f"    MODEL_DATA shape {summary['shape']}, mean |V| = {summary['mean_amplitude']:.3f} Jy")
+        print(
+            f"    MODEL_DATA shape {summary['shape']}, "
+            f"mean |V| = {summary['mean_amplitude']:.3f} Jy"
+        )
         _step("guarded clearcal(addmodel=True)", lambda: clearcal(vis=vis, addmodel=True))
-        print("==> a real heap corruption in a sandbox child (glibc: double free or corruption (out))")
+        print(
+            "==> a real heap corruption in a sandbox child (glibc: double free or corruption (out))"
+        )
         try:
             call(crashers.double_free_out, casa=False)
         except CasaCrash as error:

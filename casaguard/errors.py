@@ -8,14 +8,14 @@ branch on data, not on message text::
     +-- SetupError                      casadata missing, child cannot start CASA
     +-- InvalidInput                    bad path, not an MS, unknown task...
     +-- CasaCrash                       a guarded call did not return normally
-        +-- HeapCorruption              double-free, corrupted-size, invalid-pointer, heap-corruption
+        +-- HeapCorruption              double-free, corrupted-size, invalid-pointer, heap-...
         +-- Segfault                    SIGSEGV / SIGBUS
         +-- AbortCrash                  cxx-terminate, other SIGABRT
         +-- Killed                      SIGKILL we did not send (OOM when the cgroup says so)
         +-- TaskTimeout                 our timeout fired; the child tree was killed
         +-- MsLocked                    another live process holds the MS's lock
         +-- UnexpectedExit              no-result, or a non-zero exit without a signal
-        +-- ChildError                  a Python exception in the child (remote traceback as __cause__)
+        +-- ChildError                  a Python exception in the child (traceback: __cause__)
             +-- CasaTaskError           a casatask raised (casa-error)
             +-- CasaSevereError         a casatask returned but logged SEVERE (casa-severe)
 """
@@ -192,9 +192,7 @@ class MsLocked(CasaCrash):
         self.holder_pid = holder_pid
         self.holder_cmdline = holder_cmdline
         self.lock_type = lock_type
-        self.extra.update(
-            holder_pid=holder_pid, holder_cmdline=holder_cmdline, lock_type=lock_type
-        )
+        self.extra.update(holder_pid=holder_pid, holder_cmdline=holder_cmdline, lock_type=lock_type)
 
 
 class UnexpectedExit(CasaCrash):

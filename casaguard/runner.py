@@ -21,6 +21,8 @@ template in ``_template``) only start a child and report its exit status.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import select
 import signal
@@ -180,10 +182,11 @@ def choose_launcher(mode: str | None) -> Launcher:
     if chosen == "spawn":
         return SpawnLauncher()
     try:
-        from casaguard import _template
+        template = importlib.import_module("casaguard._template")
     except ImportError:
         return SpawnLauncher()
-    return _template.launcher(fallback=SpawnLauncher(), required=chosen == "template")
+    launcher: Launcher = template.launcher(fallback=SpawnLauncher(), required=chosen == "template")
+    return launcher
 
 
 def run(spec: CallSpec) -> Any:
@@ -380,12 +383,15 @@ def _exception(
     facts["stderr_tail"] = output[-8192:]
     facts["casa_log_tail"] = "\n".join(casa_log.splitlines()[-40:])
     if lock_holder is not None:
-        message = LOCKED_MESSAGE.format(
-            vis=spec.vis,
-            holder_pid=lock_holder.pid,
-            holder_cmdline=lock_holder.cmdline,
-            waited_s=spec.lock_timeout,
-        ) + f"; {spec.name} (pid {handle.pid}) was blocked on it and was killed"
+        message = (
+            LOCKED_MESSAGE.format(
+                vis=spec.vis,
+                holder_pid=lock_holder.pid,
+                holder_cmdline=lock_holder.cmdline,
+                waited_s=spec.lock_timeout,
+            )
+            + f"; {spec.name} (pid {handle.pid}) was blocked on it and was killed"
+        )
         facts["detail"] = lock_holder.describe()
         facts["signature"] = classify.signature("locked", "lock held by another process")
         return MsLocked(
@@ -499,24 +505,18 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 def _terminate(procs: list[psutil.Process]) -> None:
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
 
 
 def _reap(procs: list[psutil.Process], grace: float = KILL_GRACE_S) -> None:
     _, alive = psutil.wait_procs(procs, timeout=grace)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=grace)
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -116,7 +116,9 @@ def casacore_script(code: str, *, check: bool = True, timeout: float = 120) -> s
     return result.stdout
 
 
-def casa_script(code: str, *, timeout: float = 300, drop_root: bool = False) -> subprocess.CompletedProcess[str]:
+def casa_script(
+    code: str, *, timeout: float = 300, drop_root: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a plain subprocess with offline CASA configured (no casaguard sandbox)."""
     from casaguard import casaenv
 

@@ -1,4 +1,4 @@
-"""The classifier, on stderr recorded from real crashes (tests/data/stderr, see record_stderr.py)."""
+"""The classifier, on stderr recorded from real crashes (tests/data/stderr/)."""
 
 from __future__ import annotations
 

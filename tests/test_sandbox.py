@@ -40,7 +40,10 @@ def test_message_reads_at_a_glance(no_leaks: None) -> None:
     with pytest.raises(casaguard.HeapCorruption) as caught:
         casaguard.call(crashers.double_free_out, casa=False)
     message = str(caught.value)
-    assert f"(pid {caught.value.pid}) died with SIGABRT(-6): double free or corruption (out)" in message
+    assert (
+        f"(pid {caught.value.pid}) died with SIGABRT(-6): double free or corruption (out)"
+        in message
+    )
 
 
 def test_timeout_kills_the_child_tree(no_leaks: None) -> None:

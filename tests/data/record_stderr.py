@@ -19,7 +19,13 @@ def main() -> None:
     HERE.mkdir(exist_ok=True)
     for name in CRASHERS:
         result = subprocess.run(
-            [sys.executable, "-X", "faulthandler", "-c", f"import casaguard.crashers as c; c.{name}()"],
+            [
+                sys.executable,
+                "-X",
+                "faulthandler",
+                "-c",
+                f"import casaguard.crashers as c; c.{name}()",
+            ],
             capture_output=True,
             env={"LIBC_FATAL_STDERR_": "1", "PATH": "/usr/bin:/bin"},
             check=False,
