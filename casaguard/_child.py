@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import gc
 import os
 import signal
 import sys
@@ -80,6 +81,11 @@ def run_job(directory: Path) -> NoReturn:
         except BaseException:  # noqa: BLE001
             _exit(_job.EXIT_REPLY_FAILED)
     _job.mark(directory, "replied")
+    # Teardown: collect what the call left in reference cycles, so destructors
+    # that flush or unlock run as they would at interpreter exit. A crash here
+    # is a teardown crash: the reply is already on disk and the caller gets it.
+    gc.collect()
+    _job.mark(directory, "torn-down")
     _exit(_job.EXIT_REPLIED)
 
 

@@ -67,7 +67,7 @@ KNOWN_CASA_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
         "the calibrater could not open the MS for writing (permissions, locks or a damaged MS)",
     ),
     (
-        re.compile(r"Visibility data set not found"),
+        re.compile(r"Visibility data set not found|the vis parameter must be a path that exists"),
         "the vis path does not exist (relative paths are resolved in the caller's cwd)",
     ),
     (re.compile(r"Table \S+ does not exist"), "a table or subtable of the MS is missing"),
@@ -194,6 +194,28 @@ def severe_lines(casa_log: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+_CASA_LOG_PREFIX = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+[A-Z0-9]+\s+(?P<origin>[^\t]*)\t(?P<msg>.*)$"
+)
+_SOURCE_LOCATION = re.compile(r"\(file [^)]*\)")
+
+
+def clean_casa_message(text: str) -> str:
+    """Turn CASA's log-formatted exception text into ``message (file ..., line N)``.
+
+    casatools exceptions carry the whole log line (timestamp, priority, origin,
+    message); users want the message, with the source location as CASA prints it.
+    """
+    cleaned = []
+    for line in text.strip().splitlines():
+        match = _CASA_LOG_PREFIX.match(line.strip())
+        if match:
+            where = _SOURCE_LOCATION.search(match.group("origin"))
+            line = match.group("msg").strip() + (f" {where.group(0)}" if where else "")
+        cleaned.append(line)
+    return "\n".join(cleaned)
+
+
 def known_casa_error(text: str) -> tuple[str, str] | None:
     """Match ``text`` against CASA's known error messages: (matched text, cause)."""
     for pattern, hint in KNOWN_CASA_ERRORS:
@@ -265,6 +287,8 @@ def classify(
     severe = severe_lines(casa_log)
     sig = signal_name(exit_code)
     died = exit_code is not None and exit_code != 0
+    if error_text and error_is_casa:
+        error_text = clean_casa_message(error_text)
     casa_error = error_text if (replied_ok is False and error_is_casa) else None
     if casa_error is None and died:
         casa_error = casa_error_from_log(severe, stderr)

@@ -30,6 +30,21 @@ def _vis_path(vis: Any) -> str | None:
     return None
 
 
+def require_ms(vis: Any) -> None:
+    """Reject a vis that cannot be an MS before paying for a child.
+
+    Raises:
+        InvalidInput: not a string path, missing, not a directory, or no ``table.dat``.
+    """
+    if not isinstance(vis, (str, os.PathLike)) or not os.fspath(vis):
+        raise InvalidInput(f"vis must be the path of a Measurement Set, got {vis!r}")
+    path = os.fspath(vis)
+    if not os.path.exists(path):
+        raise InvalidInput(f"{path}: no such Measurement Set (relative to {os.getcwd()})")
+    if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "table.dat")):
+        raise InvalidInput(f"{path}: not a Measurement Set (no table.dat)")
+
+
 def run_task(
     name: str,
     /,
@@ -98,6 +113,7 @@ def ft(
         CasaCrash: a subclass naming how the child failed; ``casa_error`` holds
             CASA's message (e.g. ``Please make sure MS is writable ...``).
     """
+    require_ms(vis)
     return run_task(
         "ft",
         vis=vis,
@@ -136,6 +152,7 @@ def clearcal(
     Raises:
         CasaCrash: a subclass naming how the child failed.
     """
+    require_ms(vis)
     return run_task(
         "clearcal",
         vis=vis,

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,16 +87,20 @@ def _is_guarded_child(proc: psutil.Process) -> bool:
 
 
 @pytest.fixture
-def no_leaks() -> Iterator[None]:
-    """Fail the test if it leaves a child process or a casaguard temp dir behind."""
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    before_dirs = set(tmp.glob("casaguard-*"))
+def no_leaks(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail the test if it leaves a child process or a casaguard temp dir behind.
+
+    Job dirs go to a private temp root for the test, so other processes on the
+    machine cannot make this check pass or fail.
+    """
+    private_tmp = tmp_path_factory.mktemp("jobdirs")
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     before = _descendants()
     yield
     leaked = _descendants() - before
     assert not leaked, f"leaked child processes: {sorted(leaked)}"
-    new_dirs = set(tmp.glob("casaguard-*")) - before_dirs
-    assert not new_dirs, f"leaked temp dirs: {sorted(map(str, new_dirs))}"
+    left = sorted(str(p) for p in private_tmp.iterdir())
+    assert not left, f"leaked temp dirs: {left}"
 
 
 def casacore_script(code: str, *, check: bool = True, timeout: float = 120) -> str:

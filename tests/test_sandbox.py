@@ -203,3 +203,27 @@ def _alive(pid: int | None) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class _CrashesWhenCollected:
+    """Holds itself in a reference cycle; its destructor corrupts the heap for real."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        crashers.double_free_out()
+
+
+def _return_then_crash_in_teardown() -> int:
+    _CrashesWhenCollected()
+    return 42
+
+
+def test_teardown_crash_returns_the_result_and_warns(no_leaks: None) -> None:
+    """A call that finished but whose child died in teardown returns its value with a warning."""
+    with capture_logs() as events:
+        assert casaguard.call(_return_then_crash_in_teardown, casa=False) == 42
+    warning = next(e for e in events if e["event"] == "teardown_crash")
+    assert warning["kind"] == "double-free" and warning["signal"] == "SIGABRT"
+    assert warning["log_level"] == "warning"
