@@ -87,7 +87,9 @@ def _is_guarded_child(proc: psutil.Process) -> bool:
 
 
 @pytest.fixture
-def no_leaks(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_leaks(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     """Fail the test if it leaves a child process or a casaguard temp dir behind.
 
     Job dirs go to a private temp root for the test, so other processes on the

@@ -1,4 +1,4 @@
-"""Guarded casatasks on real simulated MSs: drop-in signatures, identical results, CASA's failures."""
+"""Guarded casatasks on real simulated MSs: drop-in signatures, same results, CASA's failures."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DROP_ROOT_POWERS, casa_script, casacore_script
 
 import casaguard
 from casaguard._job import Ref
-from conftest import DROP_ROOT_POWERS, casa_script, casacore_script
 
 FT_WRITABLE_ERROR = "Please make sure MS is writable when using Imager::ft"
 
@@ -75,7 +75,7 @@ def test_unknown_task_is_a_clear_error() -> None:
 
 def test_unknown_parameter_is_a_clear_error() -> None:
     """A parameter the task does not take gives InvalidInput, not a crash."""
-    with pytest.raises(casaguard.InvalidInput, match="ft: .*complistt"):
+    with pytest.raises(casaguard.InvalidInput, match=r"ft: .*complistt"):
         casaguard.run_task("ft", vis="x.ms", complistt="a.cl")
 
 
@@ -114,7 +114,7 @@ def _run_unprivileged(script: str, tmp_path: Path) -> dict[str, object]:
 def test_field_report_sequence_casa_error_then_heap_abort(
     ms: Path, complist: Path, tmp_path: Path
 ) -> None:
-    """CASA's real 'MS is writable' error followed by a real double free gives one exception with both."""
+    """CASA's real 'MS is writable' error, then a real double free: one exception with both."""
     (ms / "table.dat").chmod(0o444)  # what WSClean run as another user leaves behind
     facts = _run_unprivileged(
         f"""
@@ -196,7 +196,8 @@ def test_silent_ft_failure_raises_casa_severe(ms: Path, complist: Path) -> None:
         if "MODEL_DATA" in t.colnames():
             t.removecols(["MODEL_DATA"])
         desc = makearrcoldesc("MODEL_DATA", 0j, shape=[4, 4], valuetype="complex")
-        t.addcols(maketabdesc(desc), dminfo={{"TYPE": "StandardStMan", "NAME": "wsc", "SPEC": {{}}}})
+        dminfo = {{"TYPE": "StandardStMan", "NAME": "wsc", "SPEC": {{}}}}
+        t.addcols(maketabdesc(desc), dminfo=dminfo)
         t.close()
         """
     )
@@ -210,7 +211,7 @@ def test_silent_ft_failure_raises_casa_severe(ms: Path, complist: Path) -> None:
 
 
 def test_ms_locked_by_another_process_names_the_holder(ms: Path, complist: Path) -> None:
-    """A write lock held by a live process makes ft fail with MsLocked naming its pid and command."""
+    """A live process's write lock makes ft fail with MsLocked naming its pid and command."""
     holder = subprocess.Popen(
         [
             sys.executable,
