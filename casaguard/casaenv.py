@@ -30,6 +30,10 @@ measurespath = {measurespath!r}
 measures_auto_update = False
 data_auto_update = False
 nologfile = True
+# casatasks opens config.logfile at import whatever nologfile says: without this
+# it would drop a casa-<date>.log into the caller's working directory. Each call
+# then points the sink at its own job file.
+logfile = "/dev/null"
 nologger = True
 log2term = False
 """
