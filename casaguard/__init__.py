@@ -5,6 +5,7 @@ The calling process never imports casatools, casatasks or python-casacore.
 
 from __future__ import annotations
 
+from casaguard.command import CommandResult, run_command, wsclean
 from casaguard.errors import (
     AbortCrash,
     CasaCrash,
@@ -22,7 +23,6 @@ from casaguard.errors import (
     TaskTimeout,
     UnexpectedExit,
 )
-from casaguard.command import CommandResult, run_command, wsclean
 from casaguard.outcome import Outcome
 from casaguard.simulate import make_point_complist, simulate_ms
 from casaguard.tasks import call, clearcal, ft, run_task

@@ -34,7 +34,9 @@ def register(commands: Any) -> None:
             "end as expected (a crash fixed upstream, or a new one)."
         ),
     )
-    regress.add_argument("--json", metavar="OUT", help="write the matrix as JSON to OUT ('-': stdout)")
+    regress.add_argument(
+        "--json", metavar="OUT", help="write the matrix as JSON to OUT ('-': stdout)"
+    )
     regress.add_argument(
         "--only",
         metavar="NAMES",
@@ -50,7 +52,9 @@ def register(commands: Any) -> None:
         description="Run WSClean as a guarded child: output captured, timeout, crash classified.",
         usage="casaguard wsclean [--timeout S] [--json] -- WSCLEAN_ARGS...",
     )
-    wsclean.add_argument("--timeout", type=float, default=None, help="seconds before WSClean is killed")
+    wsclean.add_argument(
+        "--timeout", type=float, default=None, help="seconds before WSClean is killed"
+    )
     wsclean.add_argument("--json", action="store_true", help="print the outcome as JSON")
     wsclean.add_argument("args", nargs=argparse.REMAINDER, help="WSClean's arguments (after --)")
     wsclean.set_defaults(handler=_cmd_wsclean)
@@ -78,10 +82,12 @@ def _cmd_regress(args: argparse.Namespace) -> int:
 
     def show(result: corpus.Result) -> None:
         outcome = result.outcome
+        expected = "|".join(result.reproducer.expect)
+        verdict = "yes" if result.matched else f"NO (expected {expected})"
         print(
             f"{result.reproducer.name:42s} {outcome.kind:16s} {outcome.signal or '-':8s} "
             f"{outcome.signature or '-':12s} {outcome.elapsed_s:5.1f}s  "
-            f"{'yes' if result.matched else 'NO (expected ' + '|'.join(result.reproducer.expect) + ')'}",
+            f"{verdict}",
             flush=True,
         )
 

@@ -22,6 +22,7 @@ workspace that is removed afterwards.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,7 @@ DROP_ROOT_POWERS = (
 MEMORY_KINDS = ("segfault", "heap-corruption", "invalid-pointer", "double-free", "corrupted-size")
 CASACORE_CLASH_VERSION = "3.7.1"
 CACHE_ENV = "CASAGUARD_TEST_CACHE"
+WORKSPACE_PREFIX = "casaguard-corpus-"
 
 
 @dataclass(frozen=True)
@@ -105,21 +107,26 @@ class Result:
             "signature": self.outcome.signature,
             "signal": self.outcome.signal,
             "detail": None if crash is None else _stable(crash.detail),
-            "casa_error": None if crash is None or not crash.casa_error else _stable(crash.casa_error),
+            "casa_error": None
+            if crash is None or not crash.casa_error
+            else _stable(crash.casa_error),
         }
 
 
+_WORKSPACE_NAME = re.compile(r"casaguard-corpus-[A-Za-z0-9_]+")
+
+
 def _stable(text: str) -> str:
-    """The first line of ``text``, without the workspace's temporary paths."""
+    """The first line of ``text``, without the workspace's random directory name."""
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return first
+    return _WORKSPACE_NAME.sub("casaguard-corpus-*", first)
 
 
 @dataclass
 class Workspace:
     """A temporary directory with simulated MSs built once and copied per reproducer."""
 
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="casaguard-corpus-")))
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX)))
     _built: dict[tuple[Any, ...], Path] = field(default_factory=dict)
     _count: int = 0
 
@@ -127,7 +134,10 @@ class Workspace:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -207,7 +217,14 @@ def casacore_clash_dir() -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     result = subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(partial),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(partial),
             f"python-casacore=={CASACORE_CLASH_VERSION}",
         ],
         capture_output=True,
@@ -218,7 +235,8 @@ def casacore_clash_dir() -> Path:
     if result.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         raise InvalidInput(
-            f"cannot install python-casacore {CASACORE_CLASH_VERSION}: {result.stderr.strip()[-500:]}"
+            f"cannot install python-casacore {CASACORE_CLASH_VERSION}: "
+            f"{result.stderr.strip()[-500:]}"
         )
     os.replace(partial, target)
     return target
@@ -227,7 +245,9 @@ def casacore_clash_dir() -> Path:
 # --- reproducers -------------------------------------------------------------
 
 
-def _primitive(crasher: Callable[..., Any], *args: Any, timeout: float = 60) -> Callable[[Workspace], Any]:
+def _primitive(
+    crasher: Callable[..., Any], *args: Any, timeout: float = 60
+) -> Callable[[Workspace], Any]:
     def reproduce(workspace: Workspace) -> Any:
         return call(crasher, *args, casa=False, timeout=timeout)
 
@@ -238,7 +258,11 @@ def _ft_table_dat_unwritable(workspace: Workspace) -> Any:
     vis = workspace.ms("ft-readonly-table-dat")
     (vis / "table.dat").chmod(0o444)
     return guarded_task(
-        "ft", vis, complist=str(workspace.complist()), usescratch=True, launcher=powerless_launcher()
+        "ft",
+        vis,
+        complist=str(workspace.complist()),
+        usescratch=True,
+        launcher=powerless_launcher(),
     )
 
 
@@ -301,16 +325,36 @@ def _casacore_clash(workspace: Workspace) -> Any:
 
 def _reproducers() -> tuple[Reproducer, ...]:
     glibc = [
-        ("glibc-double-free-tcache", crashers.double_free_tcache, "double-free",
-         "free(): double free detected in tcache 2"),
-        ("glibc-double-free-out", crashers.double_free_out, "double-free",
-         "double free or corruption (out)"),
-        ("glibc-double-free-prev", crashers.double_free_prev, "double-free",
-         "double free or corruption (!prev)"),
-        ("glibc-corrupted-size-vs-prev-size", crashers.corrupted_size_vs_prev_size,
-         "corrupted-size", "corrupted size vs. prev_size"),
-        ("glibc-invalid-pointer", crashers.invalid_pointer, "invalid-pointer",
-         "free(): invalid pointer"),
+        (
+            "glibc-double-free-tcache",
+            crashers.double_free_tcache,
+            "double-free",
+            "free(): double free detected in tcache 2",
+        ),
+        (
+            "glibc-double-free-out",
+            crashers.double_free_out,
+            "double-free",
+            "double free or corruption (out)",
+        ),
+        (
+            "glibc-double-free-prev",
+            crashers.double_free_prev,
+            "double-free",
+            "double free or corruption (!prev)",
+        ),
+        (
+            "glibc-corrupted-size-vs-prev-size",
+            crashers.corrupted_size_vs_prev_size,
+            "corrupted-size",
+            "corrupted size vs. prev_size",
+        ),
+        (
+            "glibc-invalid-pointer",
+            crashers.invalid_pointer,
+            "invalid-pointer",
+            "free(): invalid pointer",
+        ),
         ("glibc-invalid-size", crashers.invalid_size, "heap-corruption", "free(): invalid size"),
     ]
     corpus = [
@@ -333,7 +377,8 @@ def _reproducers() -> tuple[Reproducer, ...]:
         ),
         Reproducer(
             "cxx-terminate",
-            "an uncaught C++ exception (as when an AipsError escapes CASA) is named with its what()",
+            "an uncaught C++ exception (as when an AipsError escapes CASA) is named with its "
+            "what() text",
             ("cxx-terminate",),
             _primitive(crashers.cxx_terminate),
             text="std::length_error",

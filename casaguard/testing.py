@@ -94,7 +94,7 @@ def _options(marker: pytest.Mark) -> tuple[tuple[str, ...], float | None, bool]:
     unknown = set(marker.kwargs) - {"expect", "timeout", "casa"}
     if marker.args or unknown:
         pytest.fail(
-            "use @pytest.mark.casaguard(expect=KIND, timeout=SECONDS, casa=True) with keywords only",
+            "use @pytest.mark.casaguard(expect=KIND, timeout=SECONDS, casa=True), keywords only",
             pytrace=False,
         )
     raw = marker.kwargs.get("expect")
@@ -106,7 +106,9 @@ def _options(marker: pytest.Mark) -> tuple[tuple[str, ...], float | None, bool]:
     elif isinstance(raw, Sequence):
         kinds = tuple(str(k) for k in raw)
     else:
-        pytest.fail(f"casaguard expect= takes a kind or a list of kinds, got {raw!r}", pytrace=False)
+        pytest.fail(
+            f"casaguard expect= takes a kind or a list of kinds, got {raw!r}", pytrace=False
+        )
     bad = [k for k in kinds if k not in KNOWN_KINDS]
     if bad:
         pytest.fail(

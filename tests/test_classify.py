@@ -41,7 +41,7 @@ def test_cxx_terminate_carries_the_exception_type_and_what() -> None:
 
 
 def test_old_glibc_wrapper_is_unwrapped() -> None:
-    """A real old-glibc report (``*** Error in `python': ... ***``, public issue) gives double-free."""
+    """A real old-glibc report (``*** Error in `python': ... ***``) gives double-free."""
     text = _without_comments((RECORDED / "old_glibc_double_free_out.txt").read_text())
     assert classify.heap_message(text) == ("double-free", "double free or corruption (out)")
     # glibc aborts after printing it: the same kind, detail and signature as on glibc 2.36.
@@ -88,10 +88,16 @@ def recorded_casa_log(name: str) -> str:
     [
         ("wsclean_new_model_mixed_channels", "heap-corruption", "SIGABRT",
          "free(): invalid next size (fast)"),
-        ("wsclean_new_model_invalid_pointer", "invalid-pointer", "SIGABRT", "free(): invalid pointer"),
+        (
+            "wsclean_new_model_invalid_pointer",
+            "invalid-pointer",
+            "SIGABRT",
+            "free(): invalid pointer",
+        ),
         ("wsclean_new_model_segv", "segfault", "SIGSEGV", "SIGSEGV (invalid memory access)"),
         ("wsclean_existing_model_mixed_channels", "cxx-terminate", "SIGABRT",
-         "uncaught C++ casacore::TableArrayConformanceError: ArrayColumn::get for row 168 in column "
+         "uncaught C++ casacore::TableArrayConformanceError: ArrayColumn::get for row 168 in "
+         "column "
          "MODEL_DATA: Table array conformance error (shape=[4, 4], expected [4, 16])"),
         ("clash_casacore_371_then_casatools", "segfault", "SIGSEGV",
          "SIGSEGV (invalid memory access)"),
@@ -107,9 +113,10 @@ def test_recorded_wsclean_and_clash_crashes(
 
 
 def test_recorded_clearcal_abort_carries_the_casa_error() -> None:
-    """clearcal's real abort on an unwritable MS dir is cxx-terminate with CASA's SEVERE as casa_error."""
+    """clearcal's real abort on an unwritable MS dir is cxx-terminate with CASA's error attached."""
     status, stderr = recorded("casa_clearcal_ms_dir_unwritable")
-    verdict = classify.classify(status, stderr, recorded_casa_log("casa_clearcal_ms_dir_unwritable"))
+    casa_log = recorded_casa_log("casa_clearcal_ms_dir_unwritable")
+    verdict = classify.classify(status, stderr, casa_log)
     assert (verdict.kind, verdict.signal) == ("cxx-terminate", "SIGABRT")
     assert verdict.detail.startswith("uncaught C++ casacore::AipsError: RegularFile: ")
     assert verdict.casa_error is not None
@@ -117,7 +124,7 @@ def test_recorded_clearcal_abort_carries_the_casa_error() -> None:
 
 
 def test_recorded_field_report_sequence_is_one_double_free_with_the_ft_error() -> None:
-    """The real ft error followed by a real heap abort classifies as double-free carrying the error."""
+    """A real ft error followed by a real heap abort is one double-free carrying the error."""
     status, stderr = recorded("casa_ft_error_then_double_free")
     verdict = classify.classify(status, stderr, recorded_casa_log("casa_ft_error_then_double_free"))
     assert verdict.kind == "double-free"
@@ -136,7 +143,7 @@ def test_recorded_silent_ft_severe_is_casa_severe() -> None:
 
 
 def test_recorded_ft_writable_error_is_recognised_in_the_casa_log() -> None:
-    """The real CASA log of ft on a read-only table.dat holds the field report's error, with its cause."""
+    """The real CASA log of ft on a read-only table.dat holds the field report's error and cause."""
     severe = classify.severe_lines(recorded_casa_log("casa_ft_table_dat_unwritable"))
     found = classify.known_casa_error("\n".join(severe))
     assert found is not None

@@ -20,7 +20,7 @@ import pytest
 import casaguard
 from casaguard import testing
 
-USER_TESTS = '''
+USER_TESTS = """
 import pytest
 
 from casaguard import crashers
@@ -80,7 +80,7 @@ def test_sandbox_fixture(casaguard_sandbox):
     assert crashed.signature == crashed.crash.signature
     fine = casaguard_sandbox(lambda x: x + 1, 41, casa=False)
     assert fine.ok and fine.value == 42 and fine.kind == "ok"
-'''
+"""
 
 EXPECTED = {
     "test_known_double_free": "passed",

@@ -22,8 +22,7 @@ def import_casacore_then_casatools(casacore_dir: str) -> str:
     """
     sys.path.insert(0, casacore_dir)
     import casacore
-    import casacore.tables  # noqa: F401 - the import itself is the reproducer
-
+    import casacore.tables
     import casatools
 
     return f"python-casacore {casacore.__version__} + casatools {casatools.version_string()}"

@@ -34,7 +34,9 @@ def main() -> None:
         if crash is None:
             print(name, "did not crash; nothing recorded")
             continue
-        stderr = _EXTENSIONS.sub("Extension modules: (list elided by record_corpus.py)", crash.stderr_tail)
+        stderr = _EXTENSIONS.sub(
+            "Extension modules: (list elided by record_corpus.py)", crash.stderr_tail
+        )
         (HERE / f"{name}.txt").write_text(stderr)
         (HERE / f"{name}.status").write_text(f"{crash.exit_code}\n")
         if crash.casa_log_tail.strip():
