@@ -5,6 +5,7 @@ The calling process never imports casatools, casatasks or python-casacore.
 
 from __future__ import annotations
 
+from casaguard.command import CommandResult, run_command, wsclean
 from casaguard.errors import (
     AbortCrash,
     CasaCrash,
@@ -22,6 +23,7 @@ from casaguard.errors import (
     TaskTimeout,
     UnexpectedExit,
 )
+from casaguard.outcome import Outcome
 from casaguard.simulate import make_point_complist, simulate_ms
 from casaguard.tasks import call, clearcal, ft, run_task
 
@@ -34,10 +36,12 @@ __all__ = [
     "CasaTaskError",
     "CasaguardError",
     "ChildError",
+    "CommandResult",
     "HeapCorruption",
     "InvalidInput",
     "Killed",
     "MsLocked",
+    "Outcome",
     "RemoteTraceback",
     "Segfault",
     "SetupError",
@@ -48,6 +52,8 @@ __all__ = [
     "clearcal",
     "ft",
     "make_point_complist",
+    "run_command",
     "run_task",
     "simulate_ms",
+    "wsclean",
 ]

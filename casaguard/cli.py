@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _feature_commands() -> list[Callable[[Any], None]]:
     """Sub-commands owned by feature modules (each module has ``register(commands)``)."""
-    return []
+    from casaguard import cli_regress
+
+    return [cli_regress.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,6 +71,9 @@ class CallSpec:
         strict: a normal return with SEVERE lines raises CasaSevereError.
         mode: ``"spawn"``, ``"template"`` or None (``$CASAGUARD_MODE``, then the fastest).
         journal: callbacks around the call (see ``casaguard.journal``).
+        launcher: start the child with this launcher instead of ``mode``'s
+            (e.g. ``SpawnLauncher(prefix=[...setpriv...])``, or a plain command's
+            launcher from ``casaguard.command``).
     """
 
     func: Callable[..., Any]
@@ -85,6 +88,7 @@ class CallSpec:
     strict: bool = True
     mode: str | None = None
     journal: Any = None
+    launcher: Launcher | None = None
 
 
 class ChildHandle(Protocol):
@@ -140,12 +144,19 @@ class SpawnHandle:
 
 
 class SpawnLauncher:
-    """Start every call in a fresh interpreter: slow (~1.2 s to import CASA), simplest."""
+    """Start every call in a fresh interpreter: slow (~1.2 s to import CASA), simplest.
+
+    ``prefix`` wraps the interpreter in a command that execs it (``setpriv ...``,
+    ``nice``): the child keeps its pid, so waiting and killing are unchanged.
+    """
 
     mode = "spawn"
 
+    def __init__(self, prefix: Sequence[str] = ()) -> None:
+        self.prefix = list(prefix)
+
     def start(self, job: _job.JobDir) -> SpawnHandle:
-        command = [sys.executable]
+        command = [*self.prefix, sys.executable]
         if sys.version_info >= (3, 11):
             command.append("-P")  # never put the caller's cwd on the child's sys.path
         command += ["-m", "casaguard._child", str(job.path), str(os.getpid())]
@@ -199,7 +210,7 @@ def run(spec: CallSpec) -> Any:
     """
     if spec.vis:
         _wait_for_lock(spec)
-    launcher = choose_launcher(spec.mode)
+    launcher = spec.launcher or choose_launcher(spec.mode)
     job = _job.JobDir()
     snapshot = None
     try:
@@ -298,6 +309,10 @@ def _finish(
 ) -> Any:
     reply = job.read_reply()
     output = job.output_tail()
+    if reply is None and exit_code == 0 and not getattr(handle, "replies", True):
+        # A plain command (WSClean) writes no reply: exit 0 is its success and
+        # the tail of its output its value.
+        reply = _job.Reply(ok=True, value=output)
     casa_log = job.casa_log_tail()
     verdict = classify.classify(
         exit_code,
