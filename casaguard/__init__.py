@@ -5,6 +5,7 @@ The calling process never imports casatools, casatasks or python-casacore.
 
 from __future__ import annotations
 
+from casaguard.batch import ItemOutcome, map_call, map_task, probe_many
 from casaguard.command import CommandResult, run_command, wsclean
 from casaguard.errors import (
     AbortCrash,
@@ -39,6 +40,7 @@ __all__ = [
     "CommandResult",
     "HeapCorruption",
     "InvalidInput",
+    "ItemOutcome",
     "Killed",
     "MsLocked",
     "Outcome",
@@ -52,6 +54,9 @@ __all__ = [
     "clearcal",
     "ft",
     "make_point_complist",
+    "map_call",
+    "map_task",
+    "probe_many",
     "run_command",
     "run_task",
     "simulate_ms",

@@ -28,8 +28,10 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +56,11 @@ DEFAULT_LOCK_TIMEOUT_S = 60.0
 KILL_GRACE_S = 2.0
 _POLL_S = 0.25
 MODE_ENV = "CASAGUARD_MODE"
+
+#: Set by a batch engine (``casaguard.batch``) in the thread that drives a call:
+#: once the event is set, the call kills its child tree and raises
+#: KeyboardInterrupt, as on Ctrl-C. Only the main thread ever sees a real Ctrl-C.
+CANCEL: ContextVar[threading.Event | None] = ContextVar("casaguard_cancel", default=None)
 
 
 @dataclass
@@ -260,6 +267,7 @@ def _wait(
     except (OSError, AttributeError):
         pidfd = None
     blocked_since: float | None = None
+    cancel = CANCEL.get()
     try:
         while True:
             if pidfd is not None:
@@ -267,6 +275,8 @@ def _wait(
             status = handle.exit_status() if _gone(handle, pidfd) else None
             if status is not None:
                 return status, False, None
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt("guarded call cancelled")
             now = time.monotonic()
             if spec.timeout is not None and now - started > spec.timeout:
                 handle.kill_tree()
