@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -91,7 +92,7 @@ class ProgressBar:
             self.failed += 1
             if self.enabled:
                 line = f"FAILED {outcome.label}: {outcome.kind} {outcome_detail(outcome)}"
-                self.stream.write("\r\x1b[K" + _clip(line, _columns()) + "\n")
+                self.stream.write("\r\x1b[K" + _clip(line, self._columns()) + "\n")
         if self.enabled:
             self._draw(done)
 
@@ -105,8 +106,15 @@ class ProgressBar:
         )
         # The cursor goes back to column 0, so a log line written meanwhile
         # overwrites the bar instead of trailing after it.
-        self.stream.write("\r\x1b[K" + _clip(line, _columns()) + "\r")
+        self.stream.write("\r\x1b[K" + _clip(line, self._columns()) + "\r")
         self.stream.flush()
+
+    def _columns(self) -> int:
+        # The bar's own terminal, which need not be stdout's.
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError):
+            return 80
 
     def close(self) -> None:
         """Clear the bar's line."""
