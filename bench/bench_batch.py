@@ -96,6 +96,7 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     count = 10 if args.quick else args.count
     has_probe = importlib.util.find_spec("casaguard.probe") is not None
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="casaguard-bench-batch-") as tmp:
         root = Path(tmp)
@@ -124,7 +125,9 @@ def main() -> None:
             )
 
     print()
-    print(f"{count} MSs of 168 rows; mode={args.mode or os.environ.get('CASAGUARD_MODE', 'auto')}")
+    mode = args.mode or os.environ.get("CASAGUARD_MODE", "auto")
+    load = f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+    print(f"{count} MSs of 168 rows; mode={mode}; {os.cpu_count()} CPUs, load average {load}")
     print(f"{'engine':<30} {'step':<6} {'items/s':>8} {'wall s':>8} {'median item s':>14} failed")
     for row in rows:
         for step in ("probe", "ft"):
@@ -142,6 +145,8 @@ def main() -> None:
         "quick": args.quick,
         "mode": args.mode or os.environ.get("CASAGUARD_MODE") or "auto",
         "cpus": os.cpu_count(),
+        # Other work on the machine skews every figure: record how busy it was.
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "machine": platform.node(),
         "python": platform.python_version(),
         "probe_available": has_probe,
