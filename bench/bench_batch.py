@@ -66,7 +66,7 @@ def dask_cluster(root: Path) -> Iterator[Any]:
         yield client
 
 
-def measure(label: str, run: Callable[[], list[casaguard.Outcome]]) -> dict[str, Any]:
+def measure(label: str, run: Callable[[], list[casaguard.ItemOutcome]]) -> dict[str, Any]:
     """Run one batch and return its throughput and per-item times."""
     started = time.monotonic()
     outcomes = run()

@@ -113,6 +113,8 @@ def test_outcomes_in_input_order_and_crashes_do_not_abort(tmp_path: Path, no_lea
     assert outcomes[0].value == "WAIT" and outcomes[3].value == "SIGNAL"
     crash = outcomes[1].error
     assert isinstance(crash, casaguard.HeapCorruption) and crash.signal == "SIGABRT"
+    assert isinstance(outcomes[1], casaguard.Outcome) and outcomes[1].crash is crash
+    assert outcomes[1].signature == crash.signature and outcomes[2].crash is outcomes[2].error
     assert crash.detail == "double free or corruption (out)"
     with pytest.raises(casaguard.ChildError) as caught:
         outcomes[2].unwrap()
