@@ -2,7 +2,7 @@
 
 Engines: the local engine with 1 and with 2 guarded calls at once, and a real
 ``distributed.LocalCluster`` of 2 worker processes (one thread each). For each:
-items per second for ``casaguard.probe_many`` (when this casaguard has
+items per second for ``casaguard.map_probe`` (when this casaguard has
 ``casaguard.probe``) and for ``casaguard.map_task("ft", ...)``.
 
     python bench/bench_batch.py            # 200 MSs (the figure for the notes)
@@ -169,7 +169,7 @@ def run_engine(
     print(f"{name} ...")
     row: dict[str, Any] = {"engine": name}
     if has_probe:
-        row["probe"] = measure(name, lambda: casaguard.probe_many(paths, **engine))
+        row["probe"] = measure(name, lambda: casaguard.map_probe(paths, **engine))
     row["ft"] = measure(
         name, lambda: casaguard.map_task("ft", params, mode=mode, timeout=600, **engine)
     )

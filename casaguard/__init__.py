@@ -5,7 +5,7 @@ The calling process never imports casatools, casatasks or python-casacore.
 
 from __future__ import annotations
 
-from casaguard.batch import ItemOutcome, map_call, map_task, probe_many
+from casaguard.batch import ItemOutcome, map_call, map_probe, map_task
 from casaguard.command import CommandResult, run_command, wsclean
 from casaguard.errors import (
     AbortCrash,
@@ -55,8 +55,8 @@ __all__ = [
     "ft",
     "make_point_complist",
     "map_call",
+    "map_probe",
     "map_task",
-    "probe_many",
     "run_command",
     "run_task",
     "simulate_ms",

@@ -2,7 +2,7 @@
 
 ::
 
-    caller: map_task / map_call / probe_many          (never imports CASA)
+    caller: map_task / map_call / map_probe          (never imports CASA)
      |- engine: local threads (default) | any concurrent.futures.Executor
      |          | Dask: a distributed.Client, or a scheduler address
      |- per item, on a thread or a Dask worker: _execute(run, index, item)
@@ -38,7 +38,7 @@ from casaguard.engines import Progress, run_batch
 from casaguard.errors import InvalidInput, SetupError
 from casaguard.tasks import call, callable_name, run_task
 
-__all__ = ["ItemOutcome", "map_call", "map_task", "probe_many"]
+__all__ = ["ItemOutcome", "map_call", "map_probe", "map_task"]
 
 
 def map_task(
@@ -139,7 +139,7 @@ def map_call(
     )
 
 
-def probe_many(
+def map_probe(
     paths: Iterable[str | os.PathLike[str]],
     *,
     executor: Any = None,
@@ -148,6 +148,9 @@ def probe_many(
     **probe_options: Any,
 ) -> list[ItemOutcome]:
     """Probe many MSs concurrently with ``casaguard.probe``; one ItemOutcome per path, in order.
+
+    Unlike a thread-only loop over ``probe``, this runs on any engine,
+    a Dask cluster included (the workers must have casaguard installed).
 
     Each ``casaguard.probe(path, **probe_options)`` opens the MS in its own
     throwaway children, so it runs unsandboxed on the engine (``map_call`` with

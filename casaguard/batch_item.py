@@ -199,10 +199,11 @@ def _pickles(error: Exception) -> bool:
 
 
 def _jsonable(value: Any) -> Any:
-    """A report object's own ``facts()`` or dataclass fields; anything else as it is."""
-    facts = getattr(value, "facts", None)
-    if callable(facts):
-        return facts()
+    """A report's own ``to_dict()`` or ``facts()``, or a dataclass's fields; else the value."""
+    for method in ("to_dict", "facts"):
+        render = getattr(value, method, None)
+        if callable(render):
+            return render()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return value
