@@ -237,8 +237,13 @@ def run(spec: CallSpec) -> Any:
         oom_before = oom.oom_kill_count()
         started = time.monotonic()
         handle = launcher.start(job)
-        log.info("task_started", task=spec.name, vis=spec.vis, pid=handle.pid, mode=handle.mode)
-        exit_code, timed_out, lock_holder = _wait(handle, spec, started)
+        try:
+            log.info("task_started", task=spec.name, vis=spec.vis, pid=handle.pid, mode=handle.mode)
+            exit_code, timed_out, lock_holder = _wait(handle, spec, started)
+        except BaseException:
+            # Ctrl-C can land between start() and _wait's own guard.
+            handle.kill_tree()
+            raise
         elapsed = time.monotonic() - started
         oom_after = oom.oom_kill_count()
         return _finish(
