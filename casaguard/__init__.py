@@ -5,6 +5,7 @@ The calling process never imports casatools, casatasks or python-casacore.
 
 from __future__ import annotations
 
+from casaguard._template import warmup
 from casaguard.errors import (
     AbortCrash,
     CasaCrash,
@@ -50,4 +51,5 @@ __all__ = [
     "make_point_complist",
     "run_task",
     "simulate_ms",
+    "warmup",
 ]
