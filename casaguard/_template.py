@@ -29,13 +29,14 @@ those threads lock: glibc's ``fork`` takes and re-initialises every malloc
 arena lock (so the heap is consistent in the child), CPython re-initialises
 the GIL, import lock and threading state after ``os.fork``, and the child
 never calls into gRPC; it runs one task and leaves through ``os._exit``
-without running a single C++ destructor. ``bench/stress_template.py`` shows
+without running a single C++ destructor. ``bench/bench_isolation.py`` shows
 it: 1,000 consecutive guarded calls through the template, each under a
 timeout, none hung. The residual risk is bounded, not ignored: the fork must
 say "alive" on a pipe within ``HANDSHAKE_S`` (after its output is redirected
 and its parent-death signal armed); a fork that does not is SIGKILLed and
 that call runs in a fresh spawned interpreter instead, with a
-``template_fork_unresponsive`` event. The alternatives cost more than they
+``template_fork_unresponsive`` event; a stall after the handshake is a hang
+like any other, ended by the call's ``timeout``. The alternatives cost more than they
 save: forking before the threads start means forking before CASA is imported
 (no speed-up), and a template that re-execs is a spawn.
 

@@ -65,6 +65,27 @@ def test_each_call_is_a_fresh_fork_200_times(template: int, no_leaks: None) -> N
     assert _template.template_pid() == template
 
 
+def test_concurrent_calls_from_threads_get_their_own_outcome(template: int, no_leaks: None) -> None:
+    """Calls from 4 threads share one template; each gets its own fork's value or crash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from casaguard import crashers
+
+    def one(i: int) -> str:
+        if i % 3 == 0:
+            try:
+                casaguard.call(crashers.segfault, casa=False, mode="template", timeout=60)
+            except casaguard.Segfault:
+                return "segfault"
+            return "no crash?"
+        return str(casaguard.call(lambda: i * i, casa=False, mode="template", timeout=60))
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(one, range(24)))
+    assert outcomes == ["segfault" if i % 3 == 0 else str(i * i) for i in range(24)]
+    assert _template.template_pid() == template
+
+
 def test_ft_runs_in_a_template_fork(
     template: int, ms: Path, complist: Path, no_leaks: None
 ) -> None:
