@@ -9,10 +9,12 @@ the big ones are deleted afterwards) it times, in one run:
 * ``template``: ``casaguard.ft(mode="template")``, a fork of the warm template;
 * ``probe``: ``casaguard.probe`` (static), when this casaguard has it.
 
-plus the cold first call (a fresh caller process, template start included),
-and the caller's RSS before and after many consecutive guarded calls on the
-small MS, each under a timeout (this loop is also the fork-safety stress test:
-it counts hangs, fallbacks and leaked processes).
+Methods are interleaved run by run (so other load on a shared machine slows
+each alike); the table shows the median and the minimum. Plus the cold first
+call (a fresh caller process, template start included), and the caller's RSS
+before and after many consecutive guarded calls on the small MS, each under
+a timeout (this loop is also the fork-safety stress test: it counts hangs,
+fallbacks and leaked processes).
 
 Prints a table, writes ``bench/results/isolation[-quick].json`` and draws
 ``bench/results/isolation[-quick].png`` (median time against MS rows).
@@ -85,46 +87,72 @@ def build(name: str, complist: Path) -> tuple[Path, int]:
     return path, rows
 
 
-def time_inprocess(paths: list[Path], complist: Path, runs: int) -> dict[str, list[float]]:
-    """casatasks.ft in one plain CASA process; only the ft calls are timed."""
-    code = textwrap.dedent(
+class InProcess:
+    """A plain CASA process (casatasks imported once) that runs and times ``ft`` on request.
+
+    It lives through the whole run, so its calls interleave with the guarded ones
+    and a machine shared with other work slows every method alike.
+    """
+
+    CODE = textwrap.dedent(
         """
         import json, sys, time
         import casatasks
-        paths, complist, runs = json.loads(sys.argv[1])
-        out = {}
-        for path in paths:
-            casatasks.ft(vis=path, complist=complist, usescratch=True)  # warm-up, untimed
-            times = []
-            for _ in range(runs):
-                started = time.perf_counter()
-                casatasks.ft(vis=path, complist=complist, usescratch=True)
-                times.append(time.perf_counter() - started)
-            out[path] = times
-        print("RESULT " + json.dumps(out))
+        print("READY", flush=True)
+        for line in sys.stdin:
+            path, complist = json.loads(line)
+            started = time.perf_counter()
+            casatasks.ft(vis=path, complist=complist, usescratch=True)
+            print(time.perf_counter() - started, flush=True)
         """
     )
-    argument = json.dumps([[str(p) for p in paths], str(complist), runs])
-    result = subprocess.run(
-        [sys.executable, "-P", "-c", code, argument],
-        capture_output=True,
-        text=True,
-        env=casaenv.child_environment(),
-        cwd=HERE / "ms",
-        check=True,
-    )
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    times: dict[str, list[float]] = json.loads(line[len("RESULT ") :])
-    return times
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", "-c", self.CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=casaenv.child_environment(),
+            cwd=HERE / "ms",  # casatools drops casa-<date>.log files in its cwd
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "READY":
+            raise RuntimeError("the in-process CASA worker did not start")
+
+    def ft(self, path: Path, complist: Path) -> float:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps([str(path), str(complist)]) + "\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
-def time_guarded(path: Path, complist: Path, runs: int, mode: str) -> list[float]:
-    casaguard.ft(vis=str(path), complist=str(complist), usescratch=True, mode=mode)  # warm-up
-    times = []
-    for _ in range(runs):
+def time_interleaved(
+    worker: InProcess, path: Path, complist: Path, runs: int
+) -> dict[str, list[float]]:
+    """Per run, one call of each method in turn; each method's first call is untimed."""
+
+    def guarded(mode: str) -> float:
         started = time.perf_counter()
         casaguard.ft(vis=str(path), complist=str(complist), usescratch=True, mode=mode, timeout=600)
-        times.append(time.perf_counter() - started)
+        return time.perf_counter() - started
+
+    methods = {
+        "inprocess": lambda: worker.ft(path, complist),
+        "template": lambda: guarded("template"),
+        "spawn": lambda: guarded("spawn"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for run in range(runs + 1):
+        for name, method in methods.items():
+            elapsed = method()
+            if run:
+                times[name].append(elapsed)
     return times
 
 
@@ -298,15 +326,17 @@ def main() -> int:
     built = {name: build(name, complist) for name in names}
     cold_runs = 3 if args.quick else 5
     results["cold"] = summarise(time_cold(built["1k"][0], complist, cold_runs))
-    inprocess = time_inprocess([path for path, _ in built.values()], complist, runs)
+    casaguard.warmup()
+    worker = InProcess()
     for name, (path, rows) in built.items():
-        entry: dict[str, Any] = {"rows": rows, "inprocess": summarise(inprocess[str(path)])}
-        entry["template"] = summarise(time_guarded(path, complist, runs, "template"))
-        entry["spawn"] = summarise(time_guarded(path, complist, runs, "spawn"))
+        times = time_interleaved(worker, path, complist, runs)
+        entry: dict[str, Any] = {"rows": rows}
+        entry.update({method: summarise(values) for method, values in times.items()})
         probe = time_probe(path, runs)
         entry["probe"] = summarise(probe) if probe else None
         results["sizes"][name] = entry
         print(f"timed {name}", flush=True)
+    worker.close()
     results["rss"] = rss_loop(built["1k"][0], complist, calls)
     results["targets"] = check_targets(results)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
