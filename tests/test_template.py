@@ -259,8 +259,14 @@ def test_no_orphans_after_the_parent_is_killed(tmp_path: Path) -> None:
             """
         )
     )
+    # A parent killed hard cannot remove its job dir: keep it under tmp_path.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert proc.stdout is not None
     fork, template = map(int, proc.stdout.readline().split())
