@@ -5,6 +5,7 @@ The calling process never imports casatools, casatasks or python-casacore.
 
 from __future__ import annotations
 
+from casaguard._template import warmup
 from casaguard.batch import ItemOutcome, map_call, map_probe, map_task
 from casaguard.command import CommandResult, run_command, wsclean
 from casaguard.errors import (
@@ -60,5 +61,6 @@ __all__ = [
     "run_command",
     "run_task",
     "simulate_ms",
+    "warmup",
     "wsclean",
 ]

@@ -18,7 +18,7 @@ from casaguard import crashers
 from casaguard.crashers import CRASHERS
 from casaguard.errors import EXCEPTION_FOR_KIND
 
-MODES = ["spawn"]
+MODES = ["spawn", "template"]
 
 
 @pytest.mark.parametrize("mode", MODES)
