@@ -217,5 +217,3 @@ class _SandboxCall:
 
     def __call__(self, item: Any) -> Any:
         return call(self.func, item, timeout=self.timeout, casa=self.casa, mode=self.mode)
-
-

@@ -15,7 +15,7 @@ import re
 import signal as _signal
 from dataclasses import dataclass, field
 
-from casaguard.errors import CASA_ERROR_SUFFIX, CRASH_MESSAGE, LOG_SUFFIX
+from casaguard.errors import CASA_ERROR_SUFFIX, CRASH_MESSAGE, EVIDENCE_SUFFIX, LOG_SUFFIX
 
 #: glibc heap-check families, most specific first: (kind, pattern).
 GLIBC_FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -375,6 +375,7 @@ def crash_message(
     exit_code: int | None,
     verdict: Verdict,
     log_path: str | None,
+    casa_log_empty: bool = False,
     timeout_s: float | None = None,
     exc_type: str | None = None,
 ) -> str:
@@ -399,6 +400,8 @@ def crash_message(
         message += CASA_ERROR_SUFFIX.format(casa_error=first)
     if verdict.casa_hint:
         message += f" (likely cause: {verdict.casa_hint})"
-    if log_path:
+    if log_path and casa_log_empty:
+        message += EVIDENCE_SUFFIX.format(folder=log_path.rpartition("/")[0])
+    elif log_path:
         message += LOG_SUFFIX.format(log_path=log_path)
     return message

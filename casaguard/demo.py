@@ -1,6 +1,7 @@
 """``casaguard demo``: the guarded workflow on a simulated MS, needing no data of the user's.
 
 Steps: simulate a small MS, seed MODEL_DATA with a guarded ``ft``, read it back,
+let WSClean (guarded) image it and write MODEL_DATA, guarded ``ft`` again,
 guarded ``clearcal``, then a real heap crash in a sandbox child that the demo
 survives and explains.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from casaguard import crashers
 from casaguard._job import Ref
+from casaguard.command import wsclean
 from casaguard.errors import CasaCrash
 from casaguard.simulate import make_point_complist, simulate_ms
 from casaguard.tasks import call, clearcal, ft
@@ -53,6 +55,20 @@ def run_demo(directory: str, *, keep: bool = False) -> int:
         print(
             f"    MODEL_DATA shape {summary['shape']}, "
             f"mean |V| = {summary['mean_amplitude']:.3f} Jy"
+        )
+        _step(
+            "WSClean images the MS and writes MODEL_DATA (guarded: casaguard.wsclean)",
+            lambda: wsclean(
+                [
+                    *("-size", "64", "64", "-scale", "20asec", "-niter", "20", "-mgain", "0.8"),
+                    *("-name", str(work / "wsclean"), vis),
+                ],
+                timeout=600,
+            ),
+        )
+        _step(
+            "guarded ft again, after WSClean (the field report's order)",
+            lambda: ft(vis=vis, complist=cl, usescratch=True),
         )
         _step("guarded clearcal(addmodel=True)", lambda: clearcal(vis=vis, addmodel=True))
         print(

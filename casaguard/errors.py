@@ -28,6 +28,7 @@ from typing import Any
 CRASH_MESSAGE = "{task} (pid {pid}) {how}: {what}"
 CASA_ERROR_SUFFIX = ', after CASA error "{casa_error}"'
 LOG_SUFFIX = "; CASA log: {log_path}"
+EVIDENCE_SUFFIX = "; evidence: {folder}"
 LOCKED_MESSAGE = "{vis} is locked by pid {holder_pid} ({holder_cmdline}); waited {waited_s:.1f} s"
 
 

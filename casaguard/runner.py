@@ -438,6 +438,7 @@ def _exception(
         exit_code=exit_code,
         verdict=verdict,
         log_path=facts["log_path"],
+        casa_log_empty=not casa_log.strip(),
         timeout_s=spec.timeout,
         exc_type=exc_type,
     )
