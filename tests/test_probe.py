@@ -1,0 +1,378 @@
+"""Prediction against reality: the probe's verdict on real MS variants agrees with what
+guarded ft and clearcal actually do on copies of them, for the reason the probe names.
+
+Every variant is built for real: simulated with casatools (``ms_factory``), altered with
+python-casacore in a subprocess or through the file system, or written by the real WSClean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DROP_ROOT_POWERS, casacore_script
+
+import casaguard
+
+WSCLEAN = "/usr/bin/wsclean"
+NOBODY = 65534
+Builder = Callable[[Path], Path]
+
+
+# --- building the variants -------------------------------------------------------------
+
+
+def _remove_scratch_columns(ms: Path) -> None:
+    casacore_script(
+        f"""
+        from casacore import tables as pt
+        t = pt.table({str(ms)!r}, readonly=False, ack=False)
+        t.removecols([c for c in ("MODEL_DATA", "CORRECTED_DATA") if c in t.colnames()])
+        t.close()
+        """
+    )
+
+
+def _run_wsclean(ms: Path, image_dir: Path) -> subprocess.CompletedProcess[str]:
+    image_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [WSCLEAN, "-size", "64", "64", "-scale", "30asec", "-niter", "10", "-mgain", "0.8",
+         "-name", str(image_dir / "img"), str(ms)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+class Variants:
+    """Builders of each MS variant from the session's simulated MSs."""
+
+    def __init__(self, ms_factory: Any) -> None:
+        self.ms_factory = ms_factory
+
+    def clean(self, dest: Path) -> Path:
+        return self.ms_factory(dest)  # type: ignore[no-any-return]
+
+    def after_wsclean(self, dest: Path) -> Path:
+        ms = self.ms_factory(dest)
+        _remove_scratch_columns(ms)
+        result = _run_wsclean(ms, dest.parent / f"{dest.name}-img")
+        assert result.returncode == 0, result.stdout[-2000:]
+        return ms  # type: ignore[no-any-return]
+
+    def multi_spw_fixed_model(self, dest: Path) -> Path:
+        # WSClean's own layout: MODEL_DATA joins the StandardStMan 'SSM' as a
+        # fixed-shape column shaped like DATA's first row (spw 0: 4 channels).
+        ms = self.ms_factory(dest, nchan=(4, 16))
+        _remove_scratch_columns(ms)
+        casacore_script(
+            f"""
+            import numpy as np
+            from casacore import tables as pt
+            t = pt.table({str(ms)!r}, readonly=False, ack=False)
+            shape = t.getcell("DATA", 0).shape
+            desc = pt.makearrcoldesc("MODEL_DATA", 0j, shape=list(shape), valuetype="complex",
+                                     datamanagertype="StandardStMan", datamanagergroup="SSM")
+            t.addcols(pt.maketabdesc(desc))
+            t.putcol("MODEL_DATA", np.zeros((t.nrows(),) + shape, dtype=complex))
+            t.close()
+            """
+        )
+        return ms  # type: ignore[no-any-return]
+
+    def mangled_spw(self, dest: Path) -> Path:
+        ms = self.ms_factory(dest)
+        casacore_script(
+            f"""
+            from casacore import tables as pt
+            t = pt.table({str(ms / "SPECTRAL_WINDOW")!r}, readonly=False, ack=False)
+            t.putcell("NUM_CHAN", 0, 16)
+            t.close()
+            """
+        )
+        return ms  # type: ignore[no-any-return]
+
+    def missing_subtable(self, dest: Path) -> Path:
+        ms = self.ms_factory(dest)
+        shutil.rmtree(ms / "POLARIZATION")
+        return ms  # type: ignore[no-any-return]
+
+    def truncated_storage(self, dest: Path) -> Path:
+        # table.f0 is the IncrementalStMan file (TIME, FIELD_ID, UVW...): cut 10% off.
+        ms = self.ms_factory(dest)
+        storage = ms / "table.f0"
+        os.truncate(storage, storage.stat().st_size * 9 // 10)
+        return ms  # type: ignore[no-any-return]
+
+    def empty(self, dest: Path) -> Path:
+        source = self.ms_factory(dest.with_name(dest.name + ".src"))
+        casacore_script(
+            f"""
+            from casacore import tables as pt
+            t = pt.table({str(source)!r}, ack=False)
+            t.copy({str(dest)!r}, deep=True, copynorows=True).close()
+            t.close()
+            """
+        )
+        shutil.rmtree(source)
+        return dest
+
+    def read_only_dir(self, dest: Path) -> Path:
+        ms = self.ms_factory(dest)
+        ms.chmod(0o555)
+        return ms  # type: ignore[no-any-return]
+
+    def foreign_table_dat(self, dest: Path) -> Path:
+        # The field report: WSClean run as another user rewrote table.dat as its own.
+        ms = self.ms_factory(dest)
+        os.chown(ms / "table.dat", NOBODY, NOBODY)
+        return ms  # type: ignore[no-any-return]
+
+    def read_only_history(self, dest: Path) -> Path:
+        ms = self.ms_factory(dest)
+        for item in (ms / "HISTORY").iterdir():
+            item.chmod(0o444)
+        (ms / "HISTORY").chmod(0o555)
+        return ms  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def variants(ms_factory: Any) -> Variants:
+    """The variant builders, sharing the session's simulated MSs."""
+    return Variants(ms_factory)
+
+
+# --- reality: what guarded ft and clearcal do ---------------------------------------------
+
+
+def _reality(build: Builder, tmp_path: Path, complist: Path) -> dict[str, str]:
+    """Run guarded ft(usescratch=True) and clearcal, each on its own fresh copy of the variant."""
+    outcome = {}
+    for task in ("ft", "clearcal"):
+        ms = build(tmp_path / f"reality-{task}.ms")
+        try:
+            if task == "ft":
+                casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True, timeout=300, lock_timeout=3)
+            else:
+                casaguard.clearcal(vis=str(ms), timeout=300, lock_timeout=3)
+            outcome[task] = "ok"
+        except casaguard.CasaCrash as error:
+            outcome[task] = error.kind
+    return outcome
+
+
+def _real_verdict(outcome: dict[str, str]) -> str:
+    return "safe" if all(kind == "ok" for kind in outcome.values()) else "unsafe"
+
+
+CASES = [
+    # variant, expected verdict, the finding that must explain it
+    ("clean", "safe", "MODEL_DATA_BY_CASA"),
+    ("after_wsclean", "safe", "MODEL_DATA_BY_WSCLEAN"),
+    ("multi_spw_fixed_model", "unsafe", "MODEL_DATA_FIXED_SHAPE_MISMATCH"),
+    ("mangled_spw", "unsafe", "SPW_NUM_CHAN_MISMATCH"),
+    ("missing_subtable", "unsafe", "SUBTABLE_MISSING"),
+    ("truncated_storage", "unsafe", "PROBE_CRASHED"),
+    ("empty", "unsafe", "MS_EMPTY"),
+]
+
+
+@pytest.mark.parametrize(("variant", "verdict", "code"), CASES, ids=[c[0] for c in CASES])
+def test_prediction_matches_reality(
+    variants: Variants, tmp_path: Path, complist: Path, variant: str, verdict: str, code: str, no_leaks: None
+) -> None:
+    """The static probe's verdict equals what guarded ft+clearcal really do, and names the cause."""
+    build: Builder = getattr(variants, variant)
+    report = casaguard.probe(build(tmp_path / "probed.ms"))
+    reality = _reality(build, tmp_path, complist)
+    assert code in report.codes(), report.to_dict()
+    assert report.verdict == verdict, report.to_dict()
+    assert _real_verdict(reality) == verdict, reality
+
+
+DROP_ROOT_CASES = [
+    ("clean", "safe", None),
+    ("read_only_dir", "unsafe", "MS_DIR_NOT_WRITABLE"),
+    ("foreign_table_dat", "unsafe", "TABLE_DAT_NOT_WRITABLE"),
+    ("read_only_history", "unsafe", "SUBTABLE_NOT_WRITABLE"),
+]
+
+_DROP_ROOT_SCRIPT = """
+import json, casaguard
+report = casaguard.probe({probed!r})
+out = {{"verdict": report.verdict, "codes": report.codes()}}
+for task, ms in (("ft", {ft_ms!r}), ("clearcal", {cc_ms!r})):
+    try:
+        if task == "ft":
+            casaguard.ft(vis=ms, complist={complist!r}, usescratch=True, timeout=300, lock_timeout=3)
+        else:
+            casaguard.clearcal(vis=ms, timeout=300, lock_timeout=3)
+        out[task] = "ok"
+    except casaguard.CasaCrash as error:
+        out[task] = error.kind
+        out[task + "_casa_error"] = error.casa_error
+print("RESULT", json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(("variant", "verdict", "code"), DROP_ROOT_CASES, ids=[c[0] for c in DROP_ROOT_CASES])
+def test_prediction_matches_reality_without_root_powers(
+    variants: Variants, tmp_path: Path, complist: Path, variant: str, verdict: str, code: str | None
+) -> None:
+    """Probe and CASA both run as root without CAP_DAC_OVERRIDE (so modes count): verdicts agree."""
+    build: Builder = getattr(variants, variant)
+    # tmp_path is 0700 root's: root without DAC override still passes as owner.
+    script = _DROP_ROOT_SCRIPT.format(
+        probed=str(build(tmp_path / "probed.ms")),
+        ft_ms=str(build(tmp_path / "ft.ms")),
+        cc_ms=str(build(tmp_path / "cc.ms")),
+        complist=str(complist),
+    )
+    result = subprocess.run(
+        [*DROP_ROOT_POWERS, sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stderr[-3000:]
+    out = json.loads(lines[0][len("RESULT ") :])
+    assert out["verdict"] == verdict, out
+    assert _real_verdict({t: out[t] for t in ("ft", "clearcal")}) == verdict, out
+    if code is not None:
+        assert code in out["codes"], out
+    else:
+        assert not [c for c in out["codes"] if casaguard.findings.CODES[c].severity == "fatal"], out
+    if variant == "foreign_table_dat":
+        # The field report's exact error, predicted before CASA ran.
+        assert "Please make sure MS is writable" in (out.get("ft_casa_error") or ""), out
+
+
+def test_root_with_dac_override_may_write_a_foreign_table_dat(variants: Variants, tmp_path: Path) -> None:
+    """As full root (CAP_DAC_OVERRIDE), a table.dat owned by nobody is writable: no access finding."""
+    report = casaguard.probe(variants.foreign_table_dat(tmp_path / "probed.ms"))
+    assert "TABLE_DAT_NOT_WRITABLE" not in report.codes()
+    assert "FOREIGN_OWNER" in report.codes()
+
+
+@pytest.fixture
+def write_locked_ms(variants: Variants, tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """An MS write-locked by another live process (python-casacore, permanent lock)."""
+    ms = variants.clean(tmp_path / "locked.ms")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(
+            f"""
+            import sys, time
+            from casacore import tables as pt
+            t = pt.table({str(ms)!r}, readonly=False, ack=False, lockoptions="permanent")
+            print("locked", flush=True)
+            time.sleep(600)
+            """
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    try:
+        yield ms, holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_write_locked_ms_prediction_matches_reality(
+    write_locked_ms: tuple[Path, int], complist: Path, no_leaks: None
+) -> None:
+    """A live write lock: the probe names the holder's pid, and guarded ft and clearcal really are blocked."""
+    ms, holder_pid = write_locked_ms
+    started = time.monotonic()
+    report = casaguard.probe(ms)
+    assert time.monotonic() - started < 30, "the probe must never wait for the lock"
+    locked = [f for f in report.findings if f.code == "MS_LOCKED"]
+    assert report.verdict == "unsafe"
+    assert locked and locked[0].data["pid"] == holder_pid and locked[0].data["lock_type"] == "write"
+    assert str(holder_pid) in locked[0].message
+    # Reality, on the locked MS itself: CASA cannot get in (nothing is written).
+    with pytest.raises(casaguard.MsLocked):
+        casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True, lock_timeout=2)
+    with pytest.raises(casaguard.MsLocked):
+        casaguard.clearcal(vis=str(ms), lock_timeout=2)
+
+
+def test_wsclean_warning_predicts_the_wsclean_crash(variants: Variants, tmp_path: Path) -> None:
+    """Spectral windows of different widths and no MODEL_DATA: the probe warns, and WSClean 3.1 does crash."""
+    ms = variants.ms_factory(tmp_path / "multi.ms", nchan=(4, 16))
+    _remove_scratch_columns(ms)
+    report = casaguard.probe(ms)
+    assert "WSCLEAN_MIXED_SPW_NO_MODEL" in report.codes()
+    assert report.verdict == "safe"  # a warning for WSClean, not for CASA
+    result = _run_wsclean(ms, tmp_path / "img")
+    assert result.returncode != 0, "WSClean 3.1 was expected to crash creating MODEL_DATA"
+
+
+# --- canary -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "verdict", "code"),
+    [("clean", "safe", "CANARY_OK"), ("multi_spw_fixed_model", "unsafe", "CANARY_FAILED")],
+)
+def test_canary_agrees_with_the_static_verdict(
+    variants: Variants, tmp_path: Path, variant: str, verdict: str, code: str, no_leaks: None
+) -> None:
+    """The canary's real ft+clearcal on a slice copy reach the static verdict, and the original is untouched."""
+    ms = getattr(variants, variant)(tmp_path / "probed.ms")
+    before = _snapshot(ms)
+    report = casaguard.probe(ms, canary=True)
+    assert _snapshot(ms) == before
+    assert code in report.codes(), report.to_dict()
+    assert report.verdict == verdict
+    if code == "CANARY_FAILED":
+        failed = [f for f in report.findings if f.code == "CANARY_FAILED"]
+        assert {f.data["task"] for f in failed} == {"ft"}
+        assert failed[0].data["kind"] == "casa-severe"
+
+
+# --- read-only -----------------------------------------------------------------------------
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """(size, mtime_ns, sha256) of every file, and mtime_ns of every directory, under root."""
+    state: dict[str, tuple[int, int, str]] = {}
+    for path in sorted([root, *root.rglob("*")]):
+        st = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        state[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns, digest)
+    return state
+
+
+@pytest.mark.parametrize("variant", ["clean", "after_wsclean", "multi_spw_fixed_model"])
+def test_probe_changes_no_byte_and_no_mtime(variants: Variants, tmp_path: Path, variant: str) -> None:
+    """After a static probe every file (table.lock included) and directory is byte- and mtime-identical."""
+    ms = getattr(variants, variant)(tmp_path / "probed.ms")
+    before = _snapshot(ms)
+    report = casaguard.probe(ms)
+    assert report.facts.get("nrows"), "the probe must really have read the MS"
+    assert _snapshot(ms) == before
+
+
+def test_static_child_has_casacore_but_never_casatools(variants: Variants, tmp_path: Path) -> None:
+    """The static child runs python-casacore without casatools; the caller loads neither."""
+    report = casaguard.probe(variants.clean(tmp_path / "probed.ms"))
+    assert report.facts["casacore_version"]
+    assert report.facts["casatools_loaded"] is False
+    assert not {"casacore", "casatools", "casatasks"} & set(sys.modules)
+
+
+def test_truncated_storage_crash_names_where_it_died(variants: Variants, tmp_path: Path) -> None:
+    """A storage file cut short kills the casacore child; the finding says what it was reading."""
+    report = casaguard.probe(variants.truncated_storage(tmp_path / "probed.ms"))
+    crashed = [f for f in report.findings if f.code == "PROBE_CRASHED"]
+    assert crashed and crashed[0].data["signal"] == "SIGSEGV"
+    assert "while it was at: read column" in crashed[0].message
