@@ -58,13 +58,12 @@ def run_canary(ms: str, *, timeout: float | None = None) -> list[Finding]:
             ]
         outcomes: dict[str, Any] = {}
         failures = []
-        runs = (
-            ("ft", lambda: tasks.ft(vis=dest, complist=complist, usescratch=True, timeout=limit)),
-            ("clearcal", lambda: tasks.clearcal(vis=dest, timeout=limit)),
-        )
-        for name, run in runs:
+        for name in ("ft", "clearcal"):
             try:
-                run()
+                if name == "ft":
+                    tasks.ft(vis=dest, complist=complist, usescratch=True, timeout=limit)
+                else:
+                    tasks.clearcal(vis=dest, timeout=limit)
             except CasaCrash as error:
                 outcomes[name] = _facts(error)
                 failures.append(
@@ -83,16 +82,21 @@ def run_canary(ms: str, *, timeout: float | None = None) -> list[Finding]:
     return [
         Finding(
             "CANARY_OK",
-            f"guarded ft(usescratch=True) and clearcal succeeded on a {made['rows']}-row slice copy",
+            f"guarded ft(usescratch=True) and clearcal succeeded on a {made['rows']}-row slice "
+            "copy",
             data={"slice": made, "outcomes": outcomes},
         )
     ]
 
 
 def _summary(error: CasaCrash) -> str:
-    detail = error.casa_error or (error.severe_lines[0] if error.severe_lines else "") or error.detail
+    detail = (
+        error.casa_error or (error.severe_lines[0] if error.severe_lines else "") or error.detail
+    )
     signal = f" {error.signal}" if error.signal else ""
-    return f"{error.kind}{signal}: {detail.strip().splitlines()[0][:240] if detail.strip() else '?'}"
+    return (
+        f"{error.kind}{signal}: {detail.strip().splitlines()[0][:240] if detail.strip() else '?'}"
+    )
 
 
 def _facts(error: CasaCrash) -> dict[str, Any]:

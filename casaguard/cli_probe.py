@@ -31,13 +31,18 @@ def register(commands: Any) -> None:
         help="predict, read-only, whether CASA's ft/clearcal would fail on MSs, and why",
         description=(
             "Probe MSs before CASA writes to them. Every open happens in a throwaway child "
-            "(python-casacore only; with --canary, CASA on a slice copy). The MSs are never written."
+            "(python-casacore only; with --canary, CASA on a slice copy). The MSs are never "
+            "written."
         ),
         epilog="Exit codes: 0 all safe, 1 any unsafe, 2 bad input or probe failure.",
     )
     probe.add_argument("ms", nargs="+", help="MeasurementSet directories")
-    probe.add_argument("--json", action="store_true", help="print one JSON document (schema in README)")
-    probe.add_argument("--canary", action="store_true", help="also run guarded ft+clearcal on a slice copy")
+    probe.add_argument(
+        "--json", action="store_true", help="print one JSON document (schema in README)"
+    )
+    probe.add_argument(
+        "--canary", action="store_true", help="also run guarded ft+clearcal on a slice copy"
+    )
     probe.add_argument("--jobs", type=int, default=1, help="MSs probed in parallel (default 1)")
     probe.add_argument("--timeout", type=float, default=None, help="seconds per probe child")
     probe.add_argument("--verbose-findings", action="store_true", help="also list info findings")
@@ -48,7 +53,9 @@ def register(commands: Any) -> None:
         help="versions of the CASA stack, measures data, known-bad combinations",
         description="Check the environment CASA runs in, without loading CASA into this process.",
     )
-    doc.add_argument("--deep", action="store_true", help="load python-casacore + casatools together in a child")
+    doc.add_argument(
+        "--deep", action="store_true", help="load python-casacore + casatools together in a child"
+    )
     doc.add_argument("--json", action="store_true", help="print JSON")
     doc.set_defaults(handler=cmd_doctor)
 
@@ -133,11 +140,16 @@ def render(report: ProbeReport, *, verbose: bool = False) -> str:
     shown = [f for f in report.findings if verbose or f.severity != "info" or f.group == "canary"]
     width = max((len(f.code) for f in shown), default=0)
     for finding in shown:
-        lines.append(f"  {_MARK[finding.severity]} {finding.severity:<5} {finding.code:<{width}}  {finding.message}")
+        lines.append(
+            f"  {_MARK[finding.severity]} {finding.severity:<5} {finding.code:<{width}}  "
+            f"{finding.message}"
+        )
         if finding.fix and finding.severity != "info":
             lines.append(f"    {'':<5} {'':<{width}}  fix: {finding.fix}")
     if len(shown) < len(report.findings):
-        lines.append(f"  ({len(report.findings) - len(shown)} info findings; --verbose-findings lists them)")
+        lines.append(
+            f"  ({len(report.findings) - len(shown)} info findings; --verbose-findings lists them)"
+        )
     return "\n".join(lines)
 
 
@@ -145,7 +157,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     env = doctor.environment()
     findings = doctor.environment_findings(env)
     deep = doctor.deep_check() if args.deep else None
-    problem = bool(findings) or not env["measures"].get("found") or bool(deep and not all(d["ok"] for d in deep))
+    problem = (
+        bool(findings)
+        or not env["measures"].get("found")
+        or bool(deep and not all(d["ok"] for d in deep))
+    )
     if args.json:
         print(
             json.dumps(
@@ -158,15 +174,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for name, version in env["packages"].items():
         print(f"{name:<16} {version or 'not installed'}")
     ws = env["wsclean"]
-    print(f"{'wsclean':<16} {ws['version'] or '?'} ({ws['path']})" if ws["path"] else f"{'wsclean':<16} not on PATH")
+    print(
+        f"{'wsclean':<16} {ws['version'] or '?'} ({ws['path']})"
+        if ws["path"]
+        else f"{'wsclean':<16} not on PATH"
+    )
     measures = env["measures"]
-    state = "found" if measures.get("found") else f"NOT found {measures.get('missing') or measures.get('error', '')}"
+    state = (
+        "found"
+        if measures.get("found")
+        else f"NOT found {measures.get('missing') or measures.get('error', '')}"
+    )
     print(f"{'measures':<16} {state} ({measures.get('source')}: {measures.get('path')})")
-    print(f"{'clash risk':<16} {'YES: python-casacore < 3.8.1 with casatools' if env['clash_risk'] else 'no'}")
+    print(
+        f"{'clash risk':<16} "
+        f"{'YES: python-casacore < 3.8.1 with casatools' if env['clash_risk'] else 'no'}"
+    )
     for finding in findings:
         print(f"! {finding.code}: {finding.message}\n  fix: {finding.fix}")
     if deep is not None:
         for entry in deep:
-            outcome = "clean" if entry["ok"] else f"CRASHED: {entry['kind']} {entry['signal'] or ''} {entry['detail']}"
+            outcome = (
+                "clean"
+                if entry["ok"]
+                else f"CRASHED: {entry['kind']} {entry['signal'] or ''} {entry['detail']}"
+            )
             print(f"{'deep':<16} {entry['order']}: {outcome}")
     return 1 if problem else 0

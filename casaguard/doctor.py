@@ -166,6 +166,13 @@ def deep_check(table: str | None = None, *, timeout: float = 120.0) -> list[dict
             )
         else:
             results.append(
-                {"order": order, "ok": True, "kind": "ok", "signal": None, "detail": "", "versions": versions}
+                {
+                    "order": order,
+                    "ok": True,
+                    "kind": "ok",
+                    "signal": None,
+                    "detail": "",
+                    "versions": versions,
+                }
             )
     return results

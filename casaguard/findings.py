@@ -48,21 +48,39 @@ CODES: dict[str, CodeInfo] = {
     # input: the path is not a usable MS (CLI exit 2)
     "PATH_MISSING": CodeInfo("fatal", "input", "the path does not exist"),
     "NOT_A_DIRECTORY": CodeInfo("fatal", "input", "the path is a file, not an MS directory"),
-    "NOT_A_TABLE": CodeInfo("fatal", "input", "the directory has no table.dat: not a casacore table"),
+    "NOT_A_TABLE": CodeInfo(
+        "fatal", "input", "the directory has no table.dat: not a casacore table"
+    ),
     "TABLE_UNREADABLE": CodeInfo("fatal", "input", "the table cannot be opened for reading"),
-    "NOT_AN_MS": CodeInfo("fatal", "input", "a table, but not a MeasurementSet (no DATA column or subtables)"),
-    "SUBTABLE_MISSING": CodeInfo("fatal", "input", "a required subtable is missing or does not open"),
+    "NOT_AN_MS": CodeInfo(
+        "fatal", "input", "a table, but not a MeasurementSet (no DATA column or subtables)"
+    ),
+    "SUBTABLE_MISSING": CodeInfo(
+        "fatal", "input", "a required subtable is missing or does not open"
+    ),
     "MS_EMPTY": CodeInfo("fatal", "input", "the main table has no rows"),
     # structure: the MS opens, but its metadata contradicts itself
     "SPW_NUM_CHAN_MISMATCH": CodeInfo(
-        "fatal", "structure", "SPECTRAL_WINDOW NUM_CHAN disagrees with CHAN_FREQ/CHAN_WIDTH/... lengths"
+        "fatal",
+        "structure",
+        "SPECTRAL_WINDOW NUM_CHAN disagrees with CHAN_FREQ/CHAN_WIDTH/... lengths",
     ),
-    "SPW_BAD_FREQ": CodeInfo("warn", "structure", "a CHAN_FREQ value is not finite or not positive"),
-    "DDID_BAD_SPW": CodeInfo("fatal", "structure", "DATA_DESCRIPTION points at a missing SPECTRAL_WINDOW row"),
-    "DDID_BAD_POL": CodeInfo("fatal", "structure", "DATA_DESCRIPTION points at a missing POLARIZATION row"),
-    "POL_NUM_CORR_MISMATCH": CodeInfo("fatal", "structure", "POLARIZATION NUM_CORR disagrees with CORR_TYPE"),
+    "SPW_BAD_FREQ": CodeInfo(
+        "warn", "structure", "a CHAN_FREQ value is not finite or not positive"
+    ),
+    "DDID_BAD_SPW": CodeInfo(
+        "fatal", "structure", "DATA_DESCRIPTION points at a missing SPECTRAL_WINDOW row"
+    ),
+    "DDID_BAD_POL": CodeInfo(
+        "fatal", "structure", "DATA_DESCRIPTION points at a missing POLARIZATION row"
+    ),
+    "POL_NUM_CORR_MISMATCH": CodeInfo(
+        "fatal", "structure", "POLARIZATION NUM_CORR disagrees with CORR_TYPE"
+    ),
     "MAIN_ID_OUT_OF_RANGE": CodeInfo(
-        "fatal", "structure", "a main-table DATA_DESC_ID/FIELD_ID/ANTENNA1/ANTENNA2 points past its subtable"
+        "fatal",
+        "structure",
+        "a main-table DATA_DESC_ID/FIELD_ID/ANTENNA1/ANTENNA2 points past its subtable",
     ),
     "DATA_SHAPE_MISMATCH": CodeInfo(
         "fatal", "structure", "DATA cells disagree with NUM_CORR x NUM_CHAN of their DATA_DESC_ID"
@@ -72,49 +90,81 @@ CODES: dict[str, CodeInfo] = {
         "fatal", "storage", "a data manager's files cannot be read (truncated or damaged)"
     ),
     "PROBE_CRASHED": CodeInfo(
-        "fatal", "storage", "reading the MS killed the probe child (segfault/abort): casacore cannot read it"
+        "fatal",
+        "storage",
+        "reading the MS killed the probe child (segfault/abort): casacore cannot read it",
     ),
     # model: MODEL_DATA as ft and WSClean will see it
-    "MODEL_DATA_ABSENT": CodeInfo("info", "model", "no MODEL_DATA column: ft(usescratch=True) creates one"),
+    "MODEL_DATA_ABSENT": CodeInfo(
+        "info", "model", "no MODEL_DATA column: ft(usescratch=True) creates one"
+    ),
     "MODEL_DATA_FIXED_SHAPE_MISMATCH": CodeInfo(
         "fatal", "model", "MODEL_DATA has one fixed cell shape that some DATA_DESC_ID does not have"
     ),
-    "MODEL_DATA_SHAPE_MISMATCH": CodeInfo("fatal", "model", "a MODEL_DATA cell's shape differs from DATA's"),
+    "MODEL_DATA_SHAPE_MISMATCH": CodeInfo(
+        "fatal", "model", "a MODEL_DATA cell's shape differs from DATA's"
+    ),
     "MODEL_DATA_BAD_TYPE": CodeInfo("fatal", "model", "MODEL_DATA is not a complex array column"),
     "MODEL_DATA_NONFINITE": CodeInfo("warn", "model", "NaN or Inf in a sample of MODEL_DATA"),
     "WSCLEAN_MIXED_SPW_NO_MODEL": CodeInfo(
-        "warn", "model", "spectral windows differ in channel count and MODEL_DATA is absent: WSClean 3.1 crashes"
+        "warn",
+        "model",
+        "spectral windows differ in channel count and MODEL_DATA is absent: WSClean 3.1 crashes",
     ),
     # access: judged with the credentials a CASA child of this process has
-    "MS_DIR_NOT_WRITABLE": CodeInfo("fatal", "access", "the MS directory is not writable (CASA aborts)"),
-    "TABLE_DAT_NOT_WRITABLE": CodeInfo(
-        "fatal", "access", "table.dat not writable: 'Please make sure MS is writable when using Imager::ft'"
+    "MS_DIR_NOT_WRITABLE": CodeInfo(
+        "fatal", "access", "the MS directory is not writable (CASA aborts)"
     ),
-    "TABLE_FILE_NOT_WRITABLE": CodeInfo("fatal", "access", "a file of the main table is not writable"),
+    "TABLE_DAT_NOT_WRITABLE": CodeInfo(
+        "fatal",
+        "access",
+        "table.dat not writable: 'Please make sure MS is writable when using Imager::ft'",
+    ),
+    "TABLE_FILE_NOT_WRITABLE": CodeInfo(
+        "fatal", "access", "a file of the main table is not writable"
+    ),
     "SUBTABLE_NOT_WRITABLE": CodeInfo(
-        "fatal", "access", "HISTORY or SOURCE (opened read/write by ft and clearcal) is not writable"
+        "fatal",
+        "access",
+        "HISTORY or SOURCE (opened read/write by ft and clearcal) is not writable",
     ),
     "READ_ONLY_FILESYSTEM": CodeInfo("fatal", "access", "the MS lives on a read-only file system"),
-    "FOREIGN_OWNER": CodeInfo("info", "access", "files owned by another user (e.g. WSClean run as root in Docker)"),
-    "DISK_SPACE_LOW": CodeInfo("fatal", "access", "less free disk space than a MODEL_DATA write needs"),
+    "FOREIGN_OWNER": CodeInfo(
+        "info", "access", "files owned by another user (e.g. WSClean run as root in Docker)"
+    ),
+    "DISK_SPACE_LOW": CodeInfo(
+        "fatal", "access", "less free disk space than a MODEL_DATA write needs"
+    ),
     "LOCK_FILE_MISSING": CodeInfo(
         "info", "access", "a table has no table.lock; opening it (CASA or the probe) creates one"
     ),
     # locks
-    "MS_LOCKED": CodeInfo("fatal", "lock", "another live process holds a read/write lock: CASA waits forever"),
-    "MS_IN_USE": CodeInfo("warn", "lock", "another live process has the MS open (no table lock held now)"),
+    "MS_LOCKED": CodeInfo(
+        "fatal", "lock", "another live process holds a read/write lock: CASA waits forever"
+    ),
+    "MS_IN_USE": CodeInfo(
+        "warn", "lock", "another live process has the MS open (no table lock held now)"
+    ),
     # provenance
     "MODEL_DATA_BY_WSCLEAN": CodeInfo(
-        "info", "provenance", "MODEL_DATA's data manager looks like WSClean's (fixed-shape StandardStMan)"
+        "info",
+        "provenance",
+        "MODEL_DATA's data manager looks like WSClean's (fixed-shape StandardStMan)",
     ),
-    "MODEL_DATA_BY_CASA": CodeInfo("info", "provenance", "MODEL_DATA's data manager looks like CASA's"),
+    "MODEL_DATA_BY_CASA": CodeInfo(
+        "info", "provenance", "MODEL_DATA's data manager looks like CASA's"
+    ),
     "HISTORY_LAST": CodeInfo("info", "provenance", "the last application recorded in HISTORY"),
     # environment
     "CALLER_HAS_CASA": CodeInfo(
-        "warn", "environment", "the calling process has casacore/casatools loaded (probe is unaffected)"
+        "warn",
+        "environment",
+        "the calling process has casacore/casatools loaded (probe is unaffected)",
     ),
     "CASACORE_CLASH_RISK": CodeInfo(
-        "warn", "environment", "python-casacore < 3.8.1 is installed next to casatools (heap clash in one process)"
+        "warn",
+        "environment",
+        "python-casacore < 3.8.1 is installed next to casatools (heap clash in one process)",
     ),
     # canary
     "CANARY_OK": CodeInfo("info", "canary", "guarded ft and clearcal succeeded on a slice copy"),
@@ -195,7 +245,7 @@ class ProbeReport:
 
     @property
     def verdict(self) -> Verdict:
-        """``unsafe`` on any fatal finding, ``unknown`` if the probe could not finish, else ``safe``."""
+        """``unsafe`` on a fatal finding, ``unknown`` if the probe did not finish, else ``safe``."""
         if any(f.severity == "fatal" for f in self.findings):
             return "unsafe"
         if any(f.group == "probe" for f in self.findings):

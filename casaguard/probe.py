@@ -5,7 +5,7 @@
     caller (no casacore, no casatools)          throwaway children
     ----------------------------------          ------------------
     probe(ms)
-     |- path checks (probe_host)                 
+     |- path checks (probe_host)
      |- locks, write access, ownership:  stat + /proc, judged with the
      |  credentials the CASA child will have (probe_host, access)
      |- static facts ----- call(casa=False) ---> python-casacore only, read-only,

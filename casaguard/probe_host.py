@@ -59,7 +59,9 @@ def _tables(path: str) -> list[str]:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError:
         return found
-    found += [e.path for e in entries if e.is_dir() and os.path.isfile(os.path.join(e.path, "table.dat"))]
+    found += [
+        e.path for e in entries if e.is_dir() and os.path.isfile(os.path.join(e.path, "table.dat"))
+    ]
     return found
 
 
@@ -73,13 +75,20 @@ def lock_findings(path: str) -> list[Finding]:
         for holder in locks.lock_holders(table):
             where = os.path.relpath(table, path)
             where_text = "the MS" if where == "." else f"subtable {where}"
-            data = {"pid": holder.pid, "cmdline": holder.cmdline, "lock_type": holder.lock_type, "table": table}
+            data = {
+                "pid": holder.pid,
+                "cmdline": holder.cmdline,
+                "lock_type": holder.lock_type,
+                "table": table,
+            }
             if holder.blocks_casa:
                 findings.append(
                     Finding(
                         "MS_LOCKED",
-                        f"{holder.lock_type} lock on {where_text} held by pid {holder.pid} ({holder.cmdline})",
-                        f"wait for pid {holder.pid} to finish or close the MS; CASA would wait forever",
+                        f"{holder.lock_type} lock on {where_text} held by pid {holder.pid} "
+                        f"({holder.cmdline})",
+                        f"wait for pid {holder.pid} to finish or close the MS; CASA would wait "
+                        "forever",
                         path=table,
                         data=data,
                     )
@@ -88,7 +97,8 @@ def lock_findings(path: str) -> list[Finding]:
                 findings.append(
                     Finding(
                         "MS_IN_USE",
-                        f"{where_text} is open in pid {holder.pid} ({holder.cmdline}), no table lock held now",
+                        f"{where_text} is open in pid {holder.pid} ({holder.cmdline}), no table "
+                        "lock held now",
                         f"close the MS in pid {holder.pid} before writing to it",
                         path=table,
                         data=data,
@@ -123,7 +133,8 @@ def access_findings(path: str, creds: access.Credentials) -> list[Finding]:
         findings.append(
             Finding(
                 "MS_DIR_NOT_WRITABLE",
-                f"the MS directory is not writable: {ms_dir.reason} (CASA aborts: 'terminate called "
+                f"the MS directory is not writable: {ms_dir.reason} (CASA aborts: 'terminate "
+                "called "
                 "after throwing an instance of casacore::AipsError')",
                 "chmod u+w the MS directory, or chown it to the user who runs CASA",
                 path=path,
@@ -143,13 +154,16 @@ def access_findings(path: str, creds: access.Credentials) -> list[Finding]:
                 data={"mode": f"{table_dat.mode:04o}", "owner_uid": table_dat.owner_uid},
             )
         )
-    unwritable = [a for a in _files(path, creds) if not a.writable and not a.path.endswith("/table.dat")]
+    unwritable = [
+        a for a in _files(path, creds) if not a.writable and not a.path.endswith("/table.dat")
+    ]
     if unwritable:
         names = ", ".join(os.path.basename(a.path) for a in unwritable[:4])
         findings.append(
             Finding(
                 "TABLE_FILE_NOT_WRITABLE",
-                f"{len(unwritable)} file(s) of the main table not writable ({names}): {unwritable[0].reason}",
+                f"{len(unwritable)} file(s) of the main table not writable ({names}): "
+                f"{unwritable[0].reason}",
                 f"chown -R {access.user_name(creds.uid)} the MS, or chmod u+w its files",
                 path=unwritable[0].path,
                 data={"files": [a.path for a in unwritable]},
@@ -164,7 +178,8 @@ def access_findings(path: str, creds: access.Credentials) -> list[Finding]:
             findings.append(
                 Finding(
                     "SUBTABLE_NOT_WRITABLE",
-                    f"subtable {name} not writable ({os.path.basename(bad[0].path)}: {bad[0].reason}); "
+                    f"subtable {name} not writable ({os.path.basename(bad[0].path)}: "
+                    f"{bad[0].reason}); "
                     f"ft and clearcal open {name} read/write",
                     f"chown -R {access.user_name(creds.uid)} the MS, or chmod -R u+w {name}",
                     path=bad[0].path,
@@ -173,11 +188,14 @@ def access_findings(path: str, creds: access.Credentials) -> list[Finding]:
             )
     owners = _foreign_owners(path, creds.uid)
     if owners:
-        listing = ", ".join(f"{access.user_name(uid)} (uid {uid}): {n}" for uid, n in sorted(owners.items()))
+        listing = ", ".join(
+            f"{access.user_name(uid)} (uid {uid}): {n}" for uid, n in sorted(owners.items())
+        )
         findings.append(
             Finding(
                 "FOREIGN_OWNER",
-                f"files owned by another user than this process ({access.user_name(creds.uid)}): {listing}",
+                f"files owned by another user than this process ({access.user_name(creds.uid)}): "
+                f"{listing}",
                 "run CASA as the owner, or chown the MS to the user who runs CASA",
                 path=path,
                 data={"owners": {str(uid): n for uid, n in owners.items()}},
@@ -199,7 +217,9 @@ def _foreign_owners(path: str, uid: int) -> dict[int, int]:
     for table in _tables(path):
         candidates = [Path(table)]
         try:
-            candidates += [Path(e.path) for e in os.scandir(table) if e.is_file(follow_symlinks=False)]
+            candidates += [
+                Path(e.path) for e in os.scandir(table) if e.is_file(follow_symlinks=False)
+            ]
         except OSError:
             continue
         for item in candidates:

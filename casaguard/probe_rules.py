@@ -36,7 +36,9 @@ FIX_RECREATE_MODEL = (
     "recreate MODEL_DATA with CASA (remove the column, then ft(usescratch=True)), "
     "or run ft before WSClean"
 )
-FIX_REBUILD = "restore the MS from its source (importfits/importuvfits/the archive); do not write to it"
+FIX_REBUILD = (
+    "restore the MS from its source (importfits/importuvfits/the archive); do not write to it"
+)
 
 
 def static_findings(ms: str, facts: dict[str, Any]) -> list[Finding]:
@@ -76,15 +78,18 @@ def _first_line(text: str) -> str:
 def _input(ms: str, facts: dict[str, Any]) -> list[Finding]:
     columns = facts.get("columns", [])
     subtables = facts.get("subtables", {})
-    if "DATA" not in columns and "FLOAT_DATA" not in columns and not any(
-        subtables.get(name, {}).get("keyword") for name in REQUIRED
+    if (
+        "DATA" not in columns
+        and "FLOAT_DATA" not in columns
+        and not any(subtables.get(name, {}).get("keyword") for name in REQUIRED)
     ):
         return [
             Finding(
                 "NOT_AN_MS",
                 f"{ms} is a casacore table ({facts.get('table_type') or 'no type'}) but not a "
                 "MeasurementSet: no DATA column and no MS subtables",
-                "give the path of the MS itself (the directory holding SPECTRAL_WINDOW, ANTENNA...)",
+                "give the path of the MS itself (the directory holding SPECTRAL_WINDOW, "
+                "ANTENNA...)",
                 path=ms,
             )
         ]
@@ -95,8 +100,10 @@ def _input(ms: str, facts: dict[str, Any]) -> list[Finding]:
             findings.append(
                 Finding(
                     "SUBTABLE_MISSING",
-                    f"subtable {name} is missing or does not open: {_first_line(entry.get('error', '?'))}",
-                    f"restore {name} from a copy of the MS; CASA stops with 'Table .../{name} does not exist'",
+                    f"subtable {name} is missing or does not open: "
+                    f"{_first_line(entry.get('error', '?'))}",
+                    f"restore {name} from a copy of the MS; CASA stops with 'Table .../{name} "
+                    "does not exist'",
                     path=f"{ms}/{name}",
                     data={"subtable": name},
                 )
@@ -105,7 +112,8 @@ def _input(ms: str, facts: dict[str, Any]) -> list[Finding]:
         findings.append(
             Finding(
                 "MS_EMPTY",
-                "the main table has no rows: ft stops with 'Input MeasurementSet has zero selected rows'",
+                "the main table has no rows: ft stops with 'Input MeasurementSet has zero "
+                "selected rows'",
                 "check the split/selection that produced this MS",
                 path=ms,
             )
@@ -129,8 +137,10 @@ def _structure(facts: dict[str, Any]) -> list[Finding]:
             findings.append(
                 Finding(
                     "SPW_NUM_CHAN_MISMATCH",
-                    f"SPECTRAL_WINDOW row {spw['row']}: NUM_CHAN is {spw['num_chan']} but {listing}",
-                    "make NUM_CHAN equal the channel arrays' length (ft silently writes nothing otherwise)",
+                    f"SPECTRAL_WINDOW row {spw['row']}: NUM_CHAN is {spw['num_chan']} but "
+                    f"{listing}",
+                    "make NUM_CHAN equal the channel arrays' length (ft silently writes nothing "
+                    "otherwise)",
                     data={"spw": spw["row"], "num_chan": spw["num_chan"], "lengths": wrong},
                 )
             )
@@ -139,7 +149,8 @@ def _structure(facts: dict[str, Any]) -> list[Finding]:
             findings.append(
                 Finding(
                     "SPW_BAD_FREQ",
-                    f"SPECTRAL_WINDOW row {spw['row']}: {spw.get('freq_nonfinite', 0)} non-finite and "
+                    f"SPECTRAL_WINDOW row {spw['row']}: {spw.get('freq_nonfinite', 0)} non-finite "
+                    "and "
                     f"{spw.get('freq_nonpositive', 0)} non-positive CHAN_FREQ values",
                     "repair CHAN_FREQ; imaging and calibration need real frequencies",
                     data={"spw": spw["row"]},
@@ -231,7 +242,8 @@ def _storage(ms: str, facts: dict[str, Any]) -> list[Finding]:
         findings.append(
             Finding(
                 "STORAGE_UNREADABLE",
-                f"the main table's data-manager info cannot be read: {_first_line(managers['error'])}",
+                "the main table's data-manager info cannot be read: "
+                f"{_first_line(managers['error'])}",
                 FIX_REBUILD,
                 path=ms,
             )
@@ -241,11 +253,16 @@ def _storage(ms: str, facts: dict[str, Any]) -> list[Finding]:
             findings.append(
                 Finding(
                     "STORAGE_UNREADABLE",
-                    f"column {column} ({manager['type']} '{manager['name']}', table.f{manager['seqnr']}*) "
+                    f"column {column} ({manager['type']} '{manager['name']}', "
+                    f"table.f{manager['seqnr']}*) "
                     f"cannot be read at {_first_line(error)}",
                     FIX_REBUILD,
                     path=f"{ms}/table.f{manager['seqnr']}",
-                    data={"column": column, "data_manager": manager["type"], "seqnr": manager["seqnr"]},
+                    data={
+                        "column": column,
+                        "data_manager": manager["type"],
+                        "seqnr": manager["seqnr"],
+                    },
                 )
             )
     return findings
@@ -257,7 +274,9 @@ def _model(facts: dict[str, Any]) -> list[Finding]:
     model = facts.get("coldesc", {}).get("MODEL_DATA")
     if model is None:
         findings.append(
-            Finding("MODEL_DATA_ABSENT", "MODEL_DATA does not exist; ft(usescratch=True) will create it")
+            Finding(
+                "MODEL_DATA_ABSENT", "MODEL_DATA does not exist; ft(usescratch=True) will create it"
+            )
         )
         shapes = {tuple(u["data_shape"]) for u in use if u.get("data_shape")}
         channels = sorted({s[0] for s in shapes})
@@ -265,9 +284,11 @@ def _model(facts: dict[str, Any]) -> list[Finding]:
             findings.append(
                 Finding(
                     "WSCLEAN_MIXED_SPW_NO_MODEL",
-                    f"spectral windows differ in shape ({', '.join(map(str, channels))} channels) and "
+                    f"spectral windows differ in shape ({', '.join(map(str, channels))} channels) "
+                    "and "
                     "MODEL_DATA is absent: WSClean 3.1 crashes creating it",
-                    "create MODEL_DATA with CASA first (ft(usescratch=True) or clearcal(addmodel=True))",
+                    "create MODEL_DATA with CASA first (ft(usescratch=True) or "
+                    "clearcal(addmodel=True))",
                     data={"shapes": [list(s) for s in sorted(shapes)]},
                 )
             )
@@ -294,24 +315,38 @@ def _model(facts: dict[str, Any]) -> list[Finding]:
                         f"{model['shape'][1]} corr (WSClean-style), but spw {spw} (DATA_DESC_ID "
                         f"{u['ddid']}) has {u['data_shape'][0]} x {u['data_shape'][1]}",
                         FIX_RECREATE_MODEL,
-                        data={"ddid": u["ddid"], "spw": spw, "model": model["shape"], "data": u["data_shape"]},
+                        data={
+                            "ddid": u["ddid"],
+                            "spw": spw,
+                            "model": model["shape"],
+                            "data": u["data_shape"],
+                        },
                     )
                 )
     else:
         mismatched = [
-            u for u in use if u.get("data_shape") and u.get("model_data_shape") and u["data_shape"] != u["model_data_shape"]
+            u
+            for u in use
+            if u.get("data_shape")
+            and u.get("model_data_shape")
+            and u["data_shape"] != u["model_data_shape"]
         ]
         sample = facts.get("model_sample", {}).get("shape_mismatches", [])
         if mismatched or sample:
             first = (
-                {"row": mismatched[0]["first_row"], "model": mismatched[0]["model_data_shape"], "data": mismatched[0]["data_shape"]}
+                {
+                    "row": mismatched[0]["first_row"],
+                    "model": mismatched[0]["model_data_shape"],
+                    "data": mismatched[0]["data_shape"],
+                }
                 if mismatched
                 else sample[0]
             )
             findings.append(
                 Finding(
                     "MODEL_DATA_SHAPE_MISMATCH",
-                    f"MODEL_DATA row {first['row']} is {first['model']} but DATA is {first['data']} "
+                    f"MODEL_DATA row {first['row']} is {first['model']} but DATA is "
+                    f"{first['data']} "
                     "(ft logs SEVERE 'conformance error' and writes nothing)",
                     FIX_RECREATE_MODEL,
                     data=first,
@@ -322,7 +357,8 @@ def _model(facts: dict[str, Any]) -> list[Finding]:
         findings.append(
             Finding(
                 "MODEL_DATA_NONFINITE",
-                f"{sample['nonfinite']} NaN/Inf values in a {sample['rows']}-row sample of MODEL_DATA",
+                f"{sample['nonfinite']} NaN/Inf values in a {sample['rows']}-row sample of "
+                "MODEL_DATA",
                 "re-run ft (or clearcal(addmodel=True)) to reset MODEL_DATA",
             )
         )

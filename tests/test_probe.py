@@ -9,139 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DROP_ROOT_POWERS, casacore_script
+from conftest import DROP_ROOT_POWERS
+from probe_variants import Builder, Variants, remove_scratch_columns, run_wsclean
 
 import casaguard
-
-WSCLEAN = "/usr/bin/wsclean"
-NOBODY = 65534
-Builder = Callable[[Path], Path]
-
-
-# --- building the variants -------------------------------------------------------------
-
-
-def _remove_scratch_columns(ms: Path) -> None:
-    casacore_script(
-        f"""
-        from casacore import tables as pt
-        t = pt.table({str(ms)!r}, readonly=False, ack=False)
-        t.removecols([c for c in ("MODEL_DATA", "CORRECTED_DATA") if c in t.colnames()])
-        t.close()
-        """
-    )
-
-
-def _run_wsclean(ms: Path, image_dir: Path) -> subprocess.CompletedProcess[str]:
-    image_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [WSCLEAN, "-size", "64", "64", "-scale", "30asec", "-niter", "10", "-mgain", "0.8",
-         "-name", str(image_dir / "img"), str(ms)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-
-
-class Variants:
-    """Builders of each MS variant from the session's simulated MSs."""
-
-    def __init__(self, ms_factory: Any) -> None:
-        self.ms_factory = ms_factory
-
-    def clean(self, dest: Path) -> Path:
-        return self.ms_factory(dest)  # type: ignore[no-any-return]
-
-    def after_wsclean(self, dest: Path) -> Path:
-        ms = self.ms_factory(dest)
-        _remove_scratch_columns(ms)
-        result = _run_wsclean(ms, dest.parent / f"{dest.name}-img")
-        assert result.returncode == 0, result.stdout[-2000:]
-        return ms  # type: ignore[no-any-return]
-
-    def multi_spw_fixed_model(self, dest: Path) -> Path:
-        # WSClean's own layout: MODEL_DATA joins the StandardStMan 'SSM' as a
-        # fixed-shape column shaped like DATA's first row (spw 0: 4 channels).
-        ms = self.ms_factory(dest, nchan=(4, 16))
-        _remove_scratch_columns(ms)
-        casacore_script(
-            f"""
-            import numpy as np
-            from casacore import tables as pt
-            t = pt.table({str(ms)!r}, readonly=False, ack=False)
-            shape = t.getcell("DATA", 0).shape
-            desc = pt.makearrcoldesc("MODEL_DATA", 0j, shape=list(shape), valuetype="complex",
-                                     datamanagertype="StandardStMan", datamanagergroup="SSM")
-            t.addcols(pt.maketabdesc(desc))
-            t.putcol("MODEL_DATA", np.zeros((t.nrows(),) + shape, dtype=complex))
-            t.close()
-            """
-        )
-        return ms  # type: ignore[no-any-return]
-
-    def mangled_spw(self, dest: Path) -> Path:
-        ms = self.ms_factory(dest)
-        casacore_script(
-            f"""
-            from casacore import tables as pt
-            t = pt.table({str(ms / "SPECTRAL_WINDOW")!r}, readonly=False, ack=False)
-            t.putcell("NUM_CHAN", 0, 16)
-            t.close()
-            """
-        )
-        return ms  # type: ignore[no-any-return]
-
-    def missing_subtable(self, dest: Path) -> Path:
-        ms = self.ms_factory(dest)
-        shutil.rmtree(ms / "POLARIZATION")
-        return ms  # type: ignore[no-any-return]
-
-    def truncated_storage(self, dest: Path) -> Path:
-        # table.f0 is the IncrementalStMan file (TIME, FIELD_ID, UVW...): cut 10% off.
-        ms = self.ms_factory(dest)
-        storage = ms / "table.f0"
-        os.truncate(storage, storage.stat().st_size * 9 // 10)
-        return ms  # type: ignore[no-any-return]
-
-    def empty(self, dest: Path) -> Path:
-        source = self.ms_factory(dest.with_name(dest.name + ".src"))
-        casacore_script(
-            f"""
-            from casacore import tables as pt
-            t = pt.table({str(source)!r}, ack=False)
-            t.copy({str(dest)!r}, deep=True, copynorows=True).close()
-            t.close()
-            """
-        )
-        shutil.rmtree(source)
-        return dest
-
-    def read_only_dir(self, dest: Path) -> Path:
-        ms = self.ms_factory(dest)
-        ms.chmod(0o555)
-        return ms  # type: ignore[no-any-return]
-
-    def foreign_table_dat(self, dest: Path) -> Path:
-        # The field report: WSClean run as another user rewrote table.dat as its own.
-        ms = self.ms_factory(dest)
-        os.chown(ms / "table.dat", NOBODY, NOBODY)
-        return ms  # type: ignore[no-any-return]
-
-    def read_only_history(self, dest: Path) -> Path:
-        ms = self.ms_factory(dest)
-        for item in (ms / "HISTORY").iterdir():
-            item.chmod(0o444)
-        (ms / "HISTORY").chmod(0o555)
-        return ms  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
@@ -160,7 +40,13 @@ def _reality(build: Builder, tmp_path: Path, complist: Path) -> dict[str, str]:
         ms = build(tmp_path / f"reality-{task}.ms")
         try:
             if task == "ft":
-                casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True, timeout=300, lock_timeout=3)
+                casaguard.ft(
+                    vis=str(ms),
+                    complist=str(complist),
+                    usescratch=True,
+                    timeout=300,
+                    lock_timeout=3,
+                )
             else:
                 casaguard.clearcal(vis=str(ms), timeout=300, lock_timeout=3)
             outcome[task] = "ok"
@@ -187,7 +73,13 @@ CASES = [
 
 @pytest.mark.parametrize(("variant", "verdict", "code"), CASES, ids=[c[0] for c in CASES])
 def test_prediction_matches_reality(
-    variants: Variants, tmp_path: Path, complist: Path, variant: str, verdict: str, code: str, no_leaks: None
+    variants: Variants,
+    tmp_path: Path,
+    complist: Path,
+    variant: str,
+    verdict: str,
+    code: str,
+    no_leaks: None,
 ) -> None:
     """The static probe's verdict equals what guarded ft+clearcal really do, and names the cause."""
     build: Builder = getattr(variants, variant)
@@ -212,7 +104,7 @@ out = {{"verdict": report.verdict, "codes": report.codes()}}
 for task, ms in (("ft", {ft_ms!r}), ("clearcal", {cc_ms!r})):
     try:
         if task == "ft":
-            casaguard.ft(vis=ms, complist={complist!r}, usescratch=True, timeout=300, lock_timeout=3)
+            casaguard.ft(vis=ms, complist={complist!r}, usescratch=True, lock_timeout=3)
         else:
             casaguard.clearcal(vis=ms, timeout=300, lock_timeout=3)
         out[task] = "ok"
@@ -223,7 +115,9 @@ print("RESULT", json.dumps(out))
 """
 
 
-@pytest.mark.parametrize(("variant", "verdict", "code"), DROP_ROOT_CASES, ids=[c[0] for c in DROP_ROOT_CASES])
+@pytest.mark.parametrize(
+    ("variant", "verdict", "code"), DROP_ROOT_CASES, ids=[c[0] for c in DROP_ROOT_CASES]
+)
 def test_prediction_matches_reality_without_root_powers(
     variants: Variants, tmp_path: Path, complist: Path, variant: str, verdict: str, code: str | None
 ) -> None:
@@ -254,8 +148,10 @@ def test_prediction_matches_reality_without_root_powers(
         assert "Please make sure MS is writable" in (out.get("ft_casa_error") or ""), out
 
 
-def test_root_with_dac_override_may_write_a_foreign_table_dat(variants: Variants, tmp_path: Path) -> None:
-    """As full root (CAP_DAC_OVERRIDE), a table.dat owned by nobody is writable: no access finding."""
+def test_root_with_dac_override_may_write_a_foreign_table_dat(
+    variants: Variants, tmp_path: Path
+) -> None:
+    """Full root (CAP_DAC_OVERRIDE) may write a table.dat owned by nobody: no access finding."""
     report = casaguard.probe(variants.foreign_table_dat(tmp_path / "probed.ms"))
     assert "TABLE_DAT_NOT_WRITABLE" not in report.codes()
     assert "FOREIGN_OWNER" in report.codes()
@@ -289,7 +185,7 @@ def write_locked_ms(variants: Variants, tmp_path: Path) -> Iterator[tuple[Path, 
 def test_write_locked_ms_prediction_matches_reality(
     write_locked_ms: tuple[Path, int], complist: Path, no_leaks: None
 ) -> None:
-    """A live write lock: the probe names the holder's pid, and guarded ft and clearcal really are blocked."""
+    """A live write lock: the probe names the holder's pid; guarded ft and clearcal are blocked."""
     ms, holder_pid = write_locked_ms
     started = time.monotonic()
     report = casaguard.probe(ms)
@@ -306,13 +202,13 @@ def test_write_locked_ms_prediction_matches_reality(
 
 
 def test_wsclean_warning_predicts_the_wsclean_crash(variants: Variants, tmp_path: Path) -> None:
-    """Spectral windows of different widths and no MODEL_DATA: the probe warns, and WSClean 3.1 does crash."""
+    """SPWs of different widths, no MODEL_DATA: the probe warns, and WSClean 3.1 really crashes."""
     ms = variants.ms_factory(tmp_path / "multi.ms", nchan=(4, 16))
-    _remove_scratch_columns(ms)
+    remove_scratch_columns(ms)
     report = casaguard.probe(ms)
     assert "WSCLEAN_MIXED_SPW_NO_MODEL" in report.codes()
     assert report.verdict == "safe"  # a warning for WSClean, not for CASA
-    result = _run_wsclean(ms, tmp_path / "img")
+    result = run_wsclean(ms, tmp_path / "img")
     assert result.returncode != 0, "WSClean 3.1 was expected to crash creating MODEL_DATA"
 
 
@@ -326,7 +222,7 @@ def test_wsclean_warning_predicts_the_wsclean_crash(variants: Variants, tmp_path
 def test_canary_agrees_with_the_static_verdict(
     variants: Variants, tmp_path: Path, variant: str, verdict: str, code: str, no_leaks: None
 ) -> None:
-    """The canary's real ft+clearcal on a slice copy reach the static verdict, and the original is untouched."""
+    """The canary (real ft+clearcal on a slice copy) reaches the verdict; the original is intact."""
     ms = getattr(variants, variant)(tmp_path / "probed.ms")
     before = _snapshot(ms)
     report = casaguard.probe(ms, canary=True)
@@ -353,8 +249,10 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
 
 
 @pytest.mark.parametrize("variant", ["clean", "after_wsclean", "multi_spw_fixed_model"])
-def test_probe_changes_no_byte_and_no_mtime(variants: Variants, tmp_path: Path, variant: str) -> None:
-    """After a static probe every file (table.lock included) and directory is byte- and mtime-identical."""
+def test_probe_changes_no_byte_and_no_mtime(
+    variants: Variants, tmp_path: Path, variant: str
+) -> None:
+    """After a probe every file (table.lock included) and directory is byte- and mtime-identical."""
     ms = getattr(variants, variant)(tmp_path / "probed.ms")
     before = _snapshot(ms)
     report = casaguard.probe(ms)

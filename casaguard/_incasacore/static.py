@@ -104,7 +104,7 @@ def _read_main(pt: Any, main: Any, path: str, facts: dict[str, Any]) -> None:
         keywords=sorted(str(k) for k in keywords),
     )
     facts["subtables"] = subtables = {}
-    for name in REQUIRED_SUBTABLES + ("SOURCE",):
+    for name in (*REQUIRED_SUBTABLES, "SOURCE"):
         entry: dict[str, Any] = {"keyword": name in keywords}
         try:
             sub = _open_sub(pt, path, name)
@@ -119,7 +119,9 @@ def _read_main(pt: Any, main: Any, path: str, facts: dict[str, Any]) -> None:
     facts["data_description"] = _data_descriptions(pt, path)
     facts["history"] = _history(pt, path)
     facts["coldesc"] = {
-        name: _coldesc(main, name) for name in ("DATA", "MODEL_DATA", "CORRECTED_DATA") if name in columns
+        name: _coldesc(main, name)
+        for name in ("DATA", "MODEL_DATA", "CORRECTED_DATA")
+        if name in columns
     }
     facts["data_managers"] = _data_managers(main, nrows)
     if nrows == 0:
@@ -266,7 +268,10 @@ def _data_managers(main: Any, nrows: int) -> dict[str, Any]:
         }
         for column in entry["columns"]:
             for row in sorted({0, nrows - 1}) if nrows else ():
-                mark(f"read {column} row {row} ({entry['type']} {entry['name']}, table.f{entry['seqnr']})")
+                mark(
+                    f"read {column} row {row} ({entry['type']} {entry['name']}, "
+                    f"table.f{entry['seqnr']})"
+                )
                 try:
                     if main.iscelldefined(column, row):
                         main.getcell(column, row)
