@@ -151,6 +151,9 @@ def deep_check(table: str | None = None, *, timeout: float = 120.0) -> list[dict
                 casacore_first,
                 table,
                 casa=False,
+                # A fresh interpreter, so that the import order is ours to choose
+                # (a warm-template fork already holds casatools).
+                mode="spawn",
                 timeout=timeout,
             )
         except CasaCrash as error:

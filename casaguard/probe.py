@@ -97,6 +97,9 @@ def _static(path: str, timeout: float | None) -> tuple[dict[str, Any], list[Find
             Ref("casaguard._incasacore.static", "inspect_ms"),
             path,
             casa=False,
+            # Always a fresh interpreter: a fork of the warm CASA template holds
+            # casatools, and python-casacore must never join it in one process.
+            mode="spawn",
             timeout=timeout or DEFAULT_STATIC_TIMEOUT_S,
         )
     except TaskTimeout as error:
