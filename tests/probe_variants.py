@@ -130,3 +130,18 @@ class Variants:
             item.chmod(0o444)
         (ms / "HISTORY").chmod(0o555)
         return ms  # type: ignore[no-any-return]
+
+    def nan_model(self, dest: Path) -> Path:
+        ms = self.ms_factory(dest)
+        casacore_script(
+            f"""
+            import numpy as np
+            from casacore import tables as pt
+            t = pt.table({str(ms)!r}, readonly=False, ack=False)
+            cell = t.getcell("MODEL_DATA", 0)
+            cell[0, 0] = np.nan
+            t.putcell("MODEL_DATA", 0, cell)
+            t.close()
+            """
+        )
+        return ms  # type: ignore[no-any-return]

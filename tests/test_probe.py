@@ -63,6 +63,7 @@ CASES = [
     # variant, expected verdict, the finding that must explain it
     ("clean", "safe", "MODEL_DATA_BY_CASA"),
     ("after_wsclean", "safe", "MODEL_DATA_BY_WSCLEAN"),
+    ("nan_model", "safe", "MODEL_DATA_NONFINITE"),
     ("multi_spw_fixed_model", "unsafe", "MODEL_DATA_FIXED_SHAPE_MISMATCH"),
     ("mangled_spw", "unsafe", "SPW_NUM_CHAN_MISMATCH"),
     ("missing_subtable", "unsafe", "SUBTABLE_MISSING"),

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import structlog
-from probe_variants import Variants
+from probe_variants import Variants, remove_scratch_columns
 
 import casaguard
-from casaguard import access, cli, doctor
+from casaguard import access, cli, doctor, probe_host
 from casaguard.cli_probe import Progress, exit_code
 from casaguard.findings import CODES, Finding, ProbeReport
 
@@ -49,7 +49,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("kind", ["missing", "file", "not_a_table", "missing_subtable", "empty"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "file", "not_a_table", "garbage_table_dat", "missing_subtable", "empty"]
+)
 def test_bad_input_is_one_line_and_exit_2(variants: Variants, tmp_path: Path, kind: str) -> None:
     """Each kind of bad input gives exactly one line on stderr, exit code 2, and no traceback."""
     target = tmp_path / "target.ms"
@@ -57,6 +59,7 @@ def test_bad_input_is_one_line_and_exit_2(variants: Variants, tmp_path: Path, ki
         "missing": "PATH_MISSING",
         "file": "NOT_A_DIRECTORY",
         "not_a_table": "NOT_A_TABLE",
+        "garbage_table_dat": "TABLE_UNREADABLE",
         "missing_subtable": "SUBTABLE_MISSING",
         "empty": "MS_EMPTY",
     }[kind]
@@ -64,6 +67,9 @@ def test_bad_input_is_one_line_and_exit_2(variants: Variants, tmp_path: Path, ki
         target.write_text("not an MS\n")
     elif kind == "not_a_table":
         target.mkdir()
+    elif kind == "garbage_table_dat":
+        target.mkdir()
+        (target / "table.dat").write_bytes(bytes(range(256)))
     elif kind == "missing_subtable":
         variants.missing_subtable(target)
     elif kind == "empty":
@@ -76,7 +82,7 @@ def test_bad_input_is_one_line_and_exit_2(variants: Variants, tmp_path: Path, ki
 
 
 def test_exit_codes_and_json_schema(variants: Variants, tmp_path: Path) -> None:
-    """--json prints one document of the README schema; exit 0 when all safe, 1 with an unsafe MS."""
+    """--json prints one document of the README schema; exit 0 if all safe, 1 with an unsafe MS."""
     clean = variants.clean(tmp_path / "clean.ms")
     fixed = variants.multi_spw_fixed_model(tmp_path / "fixed.ms")
     safe = _cli("probe", "--json", str(clean))
@@ -168,7 +174,9 @@ def test_doctor_deep_loads_both_libraries_in_a_child(no_leaks: None) -> None:
     assert [r["order"] for r in results] == ["casacore, then casatools", "casatools, then casacore"]
     # python-casacore 3.8.1 is installed here: the clash of < 3.8.1 must not happen.
     assert all(r["ok"] for r in results), results
-    assert results[0]["versions"]["python-casacore"] == importlib.metadata.version("python-casacore")
+    assert results[0]["versions"]["python-casacore"] == importlib.metadata.version(
+        "python-casacore"
+    )
     assert not {"casacore", "casatools"} & set(sys.modules)
 
 
@@ -185,7 +193,9 @@ def test_caller_with_casa_loaded_is_warned() -> None:
         "import casacore.tables, casaguard.doctor as d;"
         "print([f.code for f in d.environment_findings(d.environment())])"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert "CALLER_HAS_CASA" in result.stdout
 
 
@@ -213,3 +223,13 @@ def test_every_code_is_documented_in_the_readme() -> None:
     section = text[text.index("## Probe") :]
     for code, info in CODES.items():
         assert re.search(rf"\| `{code}` \| {info.severity} \|", section), code
+
+
+def test_disk_need_is_the_new_model_data_column(variants: Variants, tmp_path: Path) -> None:
+    """Without MODEL_DATA, ft needs rows x channels x correlations x 8 bytes for each DDID."""
+    ms = variants.ms_factory(tmp_path / "multi.ms", nchan=(4, 16))
+    remove_scratch_columns(ms)
+    facts = casaguard.probe(ms).facts
+    assert probe_host.model_bytes_needed(facts) == 168 * 4 * 4 * 8 + 168 * 16 * 4 * 8
+    with_model = casaguard.probe(variants.clean(tmp_path / "clean.ms")).facts
+    assert probe_host.model_bytes_needed(with_model) == 0
