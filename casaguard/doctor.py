@@ -2,23 +2,21 @@
 
 Everything here is found without importing casatools, casatasks or
 python-casacore into the calling process: versions come from package
-metadata (``importlib.metadata``), measures data from the casadata package's
-directory, WSClean from ``PATH``. Only ``deep_check`` loads the libraries --
+metadata and ``wsclean --version`` (``casaguard.versions`` owns both), measures
+data from the casadata package's directory. Only ``deep_check`` loads the libraries --
 in throwaway sandbox children.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import re
 import shutil
-import subprocess
 import sys
 from typing import Any
 
-from casaguard import casaenv
+from casaguard import casaenv, versions
 from casaguard.errors import CasaCrash, SetupError
 from casaguard.findings import Finding
 
@@ -31,29 +29,13 @@ _MEASURES_DIRS = ("geodetic", "ephemerides")
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the CASA stack (None: not installed)."""
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {name: versions.package_version(name) for name in PACKAGES}
 
 
 def wsclean() -> dict[str, Any]:
-    """WSClean on PATH: its path and version line, or ``{"path": None}``."""
+    """WSClean on PATH: its path and version, or ``{"path": None, "version": None}``."""
     path = shutil.which("wsclean")
-    if path is None:
-        return {"path": None, "version": None}
-    try:
-        result = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=20, check=False
-        )
-        match = re.search(r"WSClean version ([^\s(]+)", result.stdout + result.stderr)
-        version = match.group(1) if match else None
-    except (OSError, subprocess.TimeoutExpired):
-        version = None
-    return {"path": path, "version": version}
+    return {"path": path, "version": versions.wsclean_version() if path else None}
 
 
 def measures() -> dict[str, Any]:
