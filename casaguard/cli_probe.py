@@ -2,7 +2,9 @@
 
 Exit codes of ``probe``: 0 every MS safe; 1 any MS unsafe; 2 bad input (missing
 path, not an MS, missing subtable, empty MS) or a probe that could not finish
-(verdict ``unknown``). 2 wins over 1. ``doctor`` exits 0, or 1 when it found a
+(verdict ``unknown``). 2 wins over 1. Many MSs run on the batch engine
+(``casaguard.batch.map_probe``: ``--jobs`` threads, or ``--scheduler`` for Dask), with
+the shared terminal progress bar of ``casaguard.cli_batch``. ``doctor`` exits 0, or 1 when it found a
 problem (no measures data, a known-bad combination, a clash reproduced).
 """
 
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import threading
-from typing import Any, TextIO
+from typing import Any
 
-from casaguard import doctor
-from casaguard.findings import SCHEMA_VERSION, ProbeReport
-from casaguard.probe import probe_many
+from casaguard import batch, cli_batch, doctor
+from casaguard.batch_item import ItemOutcome
+from casaguard.findings import SCHEMA_VERSION, Finding, ProbeReport
 
 EXIT_SAFE = 0
 EXIT_UNSAFE = 1
@@ -43,7 +45,8 @@ def register(commands: Any) -> None:
     probe.add_argument(
         "--canary", action="store_true", help="also run guarded ft+clearcal on a slice copy"
     )
-    probe.add_argument("--jobs", type=int, default=1, help="MSs probed in parallel (default 1)")
+    # The same --jobs / --scheduler as every batch-shaped command (casaguard.cli_batch).
+    cli_batch.add_engine_arguments(probe)
     probe.add_argument("--timeout", type=float, default=None, help="seconds per probe child")
     probe.add_argument("--verbose-findings", action="store_true", help="also list info findings")
     probe.set_defaults(handler=cmd_probe)
@@ -69,48 +72,19 @@ def exit_code(reports: list[ProbeReport]) -> int:
     return EXIT_SAFE
 
 
-class Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total = total
-        self.done = 0
-        self.unsafe = 0
-        self.stream = stream
-        self.enabled = total > 1 and stream.isatty()
-        self._lock = threading.Lock()
-
-    def update(self, report: ProbeReport) -> None:
-        with self._lock:
-            self.done += 1
-            self.unsafe += report.verdict != "safe"
-            if self.enabled:
-                width = 30
-                filled = width * self.done // self.total
-                self.stream.write(
-                    f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
-                    f"  not safe: {self.unsafe}"
-                )
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def cmd_probe(args: argparse.Namespace) -> int:
-    progress = Progress(len(args.ms))
+    bar = cli_batch.ProgressBar(len(args.ms))
     try:
-        reports = probe_many(
+        outcomes = batch.map_probe(
             args.ms,
+            progress=bar,
             canary=args.canary,
             timeout=args.timeout,
-            jobs=max(1, args.jobs),
-            on_done=progress.update,
+            **cli_batch.engine_options(args),
         )
     finally:
-        progress.close()
+        bar.close()
+    reports = [_report(path, outcome) for path, outcome in zip(args.ms, outcomes, strict=True)]
     if args.json:
         print(json.dumps(json_document(reports), indent=2, default=str))
     else:
@@ -122,6 +96,22 @@ def cmd_probe(args: argparse.Namespace) -> int:
             else:
                 print(render(report, verbose=args.verbose_findings))
     return exit_code(reports)
+
+
+def _report(path: str, outcome: ItemOutcome) -> ProbeReport:
+    """The probe's report, or a PROBE_ERROR report when the probe call itself failed."""
+    if outcome.ok and isinstance(outcome.value, ProbeReport):
+        return outcome.value
+    return ProbeReport(
+        ms=os.path.abspath(path),
+        findings=[
+            Finding(
+                "PROBE_ERROR",
+                f"the probe failed: {outcome.kind}: {outcome.error}",
+                "report this as a casaguard bug",
+            )
+        ],
+    )
 
 
 def json_document(reports: list[ProbeReport]) -> dict[str, Any]:

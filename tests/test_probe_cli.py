@@ -18,8 +18,8 @@ from probe_variants import Variants, remove_scratch_columns
 
 import casaguard
 from casaguard import access, cli, doctor, probe_host
-from casaguard.cli_probe import Progress, exit_code
-from casaguard.findings import CODES, Finding, ProbeReport
+from casaguard.cli_probe import exit_code
+from casaguard.findings import CODES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -141,16 +141,18 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_bar_only_on_a_terminal() -> None:
-    """The progress bar is drawn on a terminal and stays silent on a pipe."""
-    safe = ProbeReport(ms="/a")
+def test_progress_bar_only_on_a_terminal(variants: Variants, tmp_path: Path) -> None:
+    """Many MSs draw the shared batch progress bar on a terminal, and nothing on a pipe."""
+    from casaguard import batch, cli_batch
+
+    paths = [variants.clean(tmp_path / f"m{i}.ms") for i in range(2)]
     tty, pipe = _Tty(), io.StringIO()
     for stream in (tty, pipe):
-        bar = Progress(2, stream)
-        bar.update(safe)
-        bar.update(ProbeReport(ms="/b", findings=[Finding("MS_EMPTY", "empty")]))
+        bar = cli_batch.ProgressBar(len(paths), stream)
+        outcomes = batch.map_probe(paths, progress=bar, jobs=2)
         bar.close()
-    assert "2/2" in tty.getvalue() and "not safe: 1" in tty.getvalue()
+        assert [o.value.verdict for o in outcomes] == ["safe", "safe"]
+    assert "2/2" in tty.getvalue()
     assert pipe.getvalue() == ""
 
 
