@@ -4,8 +4,8 @@ Exit codes of ``probe``: 0 every MS safe; 1 any MS unsafe; 2 bad input (missing
 path, not an MS, missing subtable, empty MS) or a probe that could not finish
 (verdict ``unknown``). 2 wins over 1. Many MSs run on the batch engine
 (``casaguard.batch.map_probe``: ``--jobs`` threads, or ``--scheduler`` for Dask), with
-the shared terminal progress bar of ``casaguard.cli_batch``. ``doctor`` exits 0, or 1 when it found a
-problem (no measures data, a known-bad combination, a clash reproduced).
+the shared terminal progress bar of ``casaguard.cli_batch``. ``doctor`` exits 0, or 1
+when it found a problem (no measures data, a known-bad combination, a clash reproduced).
 """
 
 from __future__ import annotations
