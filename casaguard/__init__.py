@@ -25,7 +25,9 @@ from casaguard.errors import (
     TaskTimeout,
     UnexpectedExit,
 )
+from casaguard.findings import Finding, ProbeReport
 from casaguard.outcome import Outcome
+from casaguard.probe import probe, probe_many
 from casaguard.simulate import make_point_complist, simulate_ms
 from casaguard.tasks import call, clearcal, ft, run_task
 
@@ -39,12 +41,14 @@ __all__ = [
     "CasaguardError",
     "ChildError",
     "CommandResult",
+    "Finding",
     "HeapCorruption",
     "InvalidInput",
     "ItemOutcome",
     "Killed",
     "MsLocked",
     "Outcome",
+    "ProbeReport",
     "RemoteTraceback",
     "Segfault",
     "SetupError",
@@ -58,6 +62,8 @@ __all__ = [
     "map_call",
     "map_probe",
     "map_task",
+    "probe",
+    "probe_many",
     "run_command",
     "run_task",
     "simulate_ms",
