@@ -320,6 +320,8 @@ def _casacore_clash(workspace: Workspace) -> Any:
         str(casacore_clash_dir()),
         casa=False,
         timeout=120,
+        # A template fork already holds casatools; the clash needs casacore first.
+        mode="spawn",
     )
 
 

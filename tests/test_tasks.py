@@ -108,7 +108,9 @@ def _run_unprivileged(script: str, tmp_path: Path) -> dict[str, object]:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    # casaguard's own structlog events may share stdout: take the JSON line.
+    last_json = [line for line in result.stdout.splitlines() if line.startswith("{")][-1]
+    return json.loads(last_json)  # type: ignore[no-any-return]
 
 
 def test_field_report_sequence_casa_error_then_heap_abort(
