@@ -372,3 +372,15 @@ def test_summary_table_names_every_input(tmp_path: Path, no_leaks: None) -> None
         "3 items: 1 ok, 2 failed (double-free 1, python-error 1) in 2.0 s, 1.50 items/s"
     )
     assert cli_batch.exit_code(outcomes) == cli_batch.EXIT_FAILED
+
+
+def test_map_probe_in_input_order(
+    ms_factory: Any, tmp_path: Path, client: distributed.Client, no_leaks: None
+) -> None:
+    """map_probe gives one ProbeReport per MS in input order, locally and on Dask."""
+    good = ms_factory(tmp_path / "good.ms")
+    for engine in ({"jobs": 2}, {"executor": client}):
+        outcomes = casaguard.map_probe([good, tmp_path / "missing.ms"], **engine)
+        assert [o.ok for o in outcomes] == [True, True]  # bad input is a report, not a raise
+        assert outcomes[0].value.verdict == "safe"
+        assert outcomes[1].value.bad_input
