@@ -1,7 +1,8 @@
 """``casaguard demo``: the guarded workflow on a simulated MS, needing no data of the user's.
 
-Steps: simulate a small MS, seed MODEL_DATA with a guarded ``ft``, read it back,
-let WSClean (guarded) image it and write MODEL_DATA, guarded ``ft`` again,
+Steps: simulate a small MS, probe it, seed MODEL_DATA with a guarded ``ft``,
+read it back, let WSClean (guarded) image it and write MODEL_DATA, probe again,
+guarded ``ft`` again,
 guarded ``clearcal``, then a real heap crash in a sandbox child that the demo
 survives and explains.
 """
@@ -18,6 +19,7 @@ from casaguard import crashers
 from casaguard._job import Ref
 from casaguard.command import wsclean
 from casaguard.errors import CasaCrash
+from casaguard.probe import probe
 from casaguard.simulate import make_point_complist, simulate_ms
 from casaguard.tasks import call, clearcal, ft
 
@@ -28,6 +30,13 @@ def _step(title: str, action: Callable[[], Any]) -> Any:
     result = action()
     print(f"    done in {time.monotonic() - started:.2f} s", flush=True)
     return result
+
+
+def _probe(title: str, vis: str) -> None:
+    report = _step(title, lambda: probe(vis))
+    print(f"    verdict: {report.verdict}")
+    for finding in report.findings:
+        print(f"    {finding.severity:5} {finding.code}: {finding.message}")
 
 
 def run_demo(directory: str, *, keep: bool = False) -> int:
@@ -46,6 +55,7 @@ def run_demo(directory: str, *, keep: bool = False) -> int:
             "simulate a small MS (casatools.simulator, in a child)", lambda: simulate_ms(vis)
         )
         print(f"    {vis}: {rows} rows")
+        _probe("probe it before any write (python-casacore, in a throwaway child)", vis)
         _step("write a 1 Jy point-source component list", lambda: make_point_complist(cl))
         _step(
             "guarded ft(usescratch=True) seeds MODEL_DATA",
@@ -66,6 +76,7 @@ def run_demo(directory: str, *, keep: bool = False) -> int:
                 timeout=600,
             ),
         )
+        _probe("probe again, now that WSClean wrote MODEL_DATA", vis)
         _step(
             "guarded ft again, after WSClean (the field report's order)",
             lambda: ft(vis=vis, complist=cl, usescratch=True),
