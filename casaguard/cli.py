@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 import casaguard
+from casaguard.cli_options import add_task_options
 from casaguard.errors import CasaCrash, CasaguardError, InvalidInput
 
 EXIT_OK = 0
@@ -43,26 +44,6 @@ def configure_logging(verbosity: int, *, json_logs: bool = False) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(max(level, logging.DEBUG)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
     )
-
-
-def _add_task_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds before the child is killed"
-    )
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=60.0,
-        help="seconds to wait while another process holds the MS lock (default 60)",
-    )
-    parser.add_argument(
-        "--no-strict",
-        dest="strict",
-        action="store_false",
-        help="accept a normal return even if CASA logged SEVERE lines",
-    )
-    parser.add_argument("--mode", choices=["spawn", "template"], default=None)
-    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
 
 def _task_outcome(args: argparse.Namespace, run: Callable[[], Any]) -> int:
@@ -190,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--complist", default="")
     ft.add_argument("--incremental", action="store_true")
     ft.add_argument("--usescratch", action="store_true", help="write the MODEL_DATA column")
-    _add_task_options(ft)
+    add_task_options(ft, json_help="print the outcome as JSON")
     ft.set_defaults(handler=_cmd_ft)
 
     clearcal = commands.add_parser(
@@ -201,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     clearcal.add_argument("--spw", default="")
     clearcal.add_argument("--intent", default="")
     clearcal.add_argument("--addmodel", action="store_true")
-    _add_task_options(clearcal)
+    add_task_options(clearcal, json_help="print the outcome as JSON")
     clearcal.set_defaults(handler=_cmd_clearcal)
 
     task = commands.add_parser(
@@ -211,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     task.add_argument("name", help="casatask name, e.g. flagdata")
     task.add_argument("param", nargs="*", help="KEY=VALUE parameters, e.g. vis=my.ms mode=summary")
-    _add_task_options(task)
+    add_task_options(task, json_help="print the outcome as JSON")
     task.set_defaults(handler=_cmd_task)
 
     for register in _feature_commands():

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from casaguard import batch
 from casaguard.batch_item import ItemOutcome
+from casaguard.cli_options import add_task_options
 from casaguard.errors import CasaCrash, ChildError, InvalidInput
 
 # The same codes as casaguard.cli (which this module must not import).
@@ -254,25 +255,7 @@ def register(commands: Any) -> None:
         help="a task parameter for every MS (repeat)",
     )
     add_engine_arguments(run)
-    run.add_argument(
-        "--timeout", type=float, default=None, help="seconds per MS before its child is killed"
-    )
-    run.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=60.0,
-        help="seconds to wait while another process holds an MS's lock (default 60)",
-    )
-    run.add_argument(
-        "--no-strict",
-        dest="strict",
-        action="store_false",
-        help="accept a normal return even if CASA logged SEVERE lines",
-    )
-    run.add_argument("--mode", choices=["spawn", "template"], default=None)
-    run.add_argument(
-        "--json", action="store_true", help="print one JSON document instead of the table"
-    )
+    add_task_options(run, json_help="print one JSON document instead of the table")
     run.set_defaults(handler=_cmd_run)
 
 

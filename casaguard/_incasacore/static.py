@@ -22,20 +22,8 @@ import os
 import sys
 from typing import Any
 
-REQUIRED_SUBTABLES = (
-    "ANTENNA",
-    "DATA_DESCRIPTION",
-    "FEED",
-    "FIELD",
-    "FLAG_CMD",
-    "HISTORY",
-    "OBSERVATION",
-    "POINTING",
-    "POLARIZATION",
-    "PROCESSOR",
-    "SPECTRAL_WINDOW",
-    "STATE",
-)
+from casaguard.probe_rules import REQUIRED as REQUIRED_SUBTABLES
+
 SPW_ARRAYS = ("CHAN_FREQ", "CHAN_WIDTH", "EFFECTIVE_BW", "RESOLUTION")
 ID_COLUMNS = {
     "DATA_DESC_ID": "DATA_DESCRIPTION",
