@@ -46,6 +46,15 @@ def configure_logging(verbosity: int, *, json_logs: bool = False) -> None:
     )
 
 
+def _add_journal_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        help="no safety copy and no pre-flight checks: a crash mid-write is not undone",
+    )
+
+
 def _task_outcome(args: argparse.Namespace, run: Callable[[], Any]) -> int:
     try:
         result = run()
@@ -79,6 +88,7 @@ def _cmd_ft(args: argparse.Namespace) -> int:
             lock_timeout=args.lock_timeout,
             strict=args.strict,
             mode=args.mode,
+            journal=args.journal,
         ),
     )
 
@@ -96,6 +106,7 @@ def _cmd_clearcal(args: argparse.Namespace) -> int:
             lock_timeout=args.lock_timeout,
             strict=args.strict,
             mode=args.mode,
+            journal=args.journal,
         ),
     )
 
@@ -118,6 +129,8 @@ def _cmd_task(args: argparse.Namespace) -> int:
             lock_timeout=args.lock_timeout,
             strict=args.strict,
             mode=args.mode,
+            writes=args.writes.split(",") if args.writes else None,
+            journal=args.journal,
             **params,
         ),
     )
@@ -172,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--incremental", action="store_true")
     ft.add_argument("--usescratch", action="store_true", help="write the MODEL_DATA column")
     add_task_options(ft, json_help="print the outcome as JSON")
+    _add_journal_option(ft)
     ft.set_defaults(handler=_cmd_ft)
 
     clearcal = commands.add_parser(
@@ -183,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     clearcal.add_argument("--intent", default="")
     clearcal.add_argument("--addmodel", action="store_true")
     add_task_options(clearcal, json_help="print the outcome as JSON")
+    _add_journal_option(clearcal)
     clearcal.set_defaults(handler=_cmd_clearcal)
 
     task = commands.add_parser(
@@ -192,7 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     task.add_argument("name", help="casatask name, e.g. flagdata")
     task.add_argument("param", nargs="*", help="KEY=VALUE parameters, e.g. vis=my.ms mode=summary")
+    task.add_argument(
+        "--writes",
+        default=None,
+        help="comma-separated columns/subtables of vis the task changes (journaled): FLAG,FLAG_ROW",
+    )
     add_task_options(task, json_help="print the outcome as JSON")
+    _add_journal_option(task)
     task.set_defaults(handler=_cmd_task)
 
     for register in _feature_commands():

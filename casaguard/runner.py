@@ -44,6 +44,7 @@ from casaguard.errors import (
     EXCEPTION_FOR_KIND,
     LOCKED_MESSAGE,
     CasaCrash,
+    CasaguardError,
     ChildError,
     InvalidInput,
     MsLocked,
@@ -243,6 +244,9 @@ def run(spec: CallSpec) -> Any:
         except BaseException:
             # Ctrl-C can land between start() and _wait's own guard.
             handle.kill_tree()
+            # The child is dead: undo its half-write before re-raising.
+            if snapshot is not None:
+                _restore(spec, snapshot, None)
             raise
         elapsed = time.monotonic() - started
         oom_after = oom.oom_kill_count()
@@ -360,8 +364,7 @@ def _finish(
         spec, job, handle, exit_code, verdict, reply, output, casa_log, elapsed, lock_holder
     )
     if snapshot is not None and verdict.kind not in ("casa-severe",):
-        error.restored_paths = tuple(spec.journal.restore(snapshot))
-        error.restored = True
+        _restore(spec, snapshot, error)
     log.warning(
         "crash_classified",
         **fields,
@@ -374,6 +377,20 @@ def _finish(
     if reply is not None and not reply.ok and reply.traceback:
         raise error from RemoteTraceback(reply.traceback)
     raise error
+
+
+def _restore(spec: CallSpec, snapshot: Any, error: CasaCrash | None) -> None:
+    """Undo the dead child's writes; a failed restore is reported, never raised over the crash."""
+    try:
+        paths = spec.journal.restore(snapshot)
+    except CasaguardError as failure:
+        log.error("journal_restore_failed", task=spec.name, vis=spec.vis, reason=str(failure))
+        if error is not None:
+            error.extra["restore_error"] = str(failure)
+        return
+    if error is not None:
+        error.restored = True
+        error.restored_paths = tuple(paths)
 
 
 def _exception(

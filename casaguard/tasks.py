@@ -11,14 +11,19 @@ real task objects), followed by casaguard's own keyword-only options:
   CASA's leap-second noise) raises ``CasaSevereError`` (default True), because
   ``ft`` reports some failures -- e.g. a MODEL_DATA shape mismatch -- only so.
 * ``mode``: ``"spawn"`` or ``"template"``; default ``$CASAGUARD_MODE`` or the fastest.
+* ``journal``: check the MS first (exists, is an MS, is writable, room for the
+  journal), snapshot what the task writes, and restore it if the child
+  crashes, times out or is killed (default True; see ``casaguard.journal``).
+  ``journal=False`` skips both: CASA meets the MS as it is.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from casaguard import journal as _journal
 from casaguard import runner
 from casaguard._job import Ref
 from casaguard.errors import InvalidInput
@@ -53,37 +58,56 @@ def run_task(
     lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
     strict: bool = True,
     mode: str | None = None,
+    writes: Sequence[str] | None = None,
+    journal: bool = True,
     **params: Any,
 ) -> Any:
     """Run ``casatasks.<name>(**params)`` in a sandbox child and return its result.
 
     Args:
         name: the casatask's name, e.g. ``"flagdata"``.
-        timeout, lock_timeout, strict, mode: see the module docstring.
+        timeout, lock_timeout, strict, mode, journal: see the module docstring.
+        writes: main-table columns and/or subtables of ``vis`` the task may
+            change (e.g. ``["FLAG", "FLAG_ROW"]``): they are journaled. Known
+            for ``ft`` and ``clearcal``; for other tasks nothing is journaled
+            unless declared here.
         **params: the task's own parameters.
 
     Returns:
         Whatever the task returns (it must be picklable).
 
     Raises:
-        InvalidInput: no such task, or a parameter it does not take.
-        CasaCrash: a subclass naming how the child failed.
+        InvalidInput: no such task, or a parameter it does not take; for a task
+            that writes: ``vis`` missing, not an MS, read-only, or too little
+            free space for the journal (nothing was changed).
+        CasaCrash: a subclass naming how the child failed; ``restored`` says
+            whether the journal put the MS back.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise InvalidInput(f"task name must be an identifier, got {name!r}")
-    return runner.run(
-        runner.CallSpec(
-            func=Ref("casaguard._incasa.tasks", "run_casatask"),
-            args=(name, params),
-            name=name,
-            is_casa_task=True,
-            vis=_vis_path(params.get("vis")),
-            timeout=timeout,
-            lock_timeout=lock_timeout,
-            strict=strict,
-            mode=mode,
-        )
+    if isinstance(writes, str):
+        writes = [writes]
+    declared = _journal.task_writes(name, params) if writes is None else tuple(writes)
+    vis = _vis_path(params.get("vis"))
+    spec = runner.CallSpec(
+        func=Ref("casaguard._incasa.tasks", "run_casatask"),
+        args=(name, params),
+        name=name,
+        is_casa_task=True,
+        vis=vis,
+        timeout=timeout,
+        lock_timeout=lock_timeout,
+        strict=strict,
+        mode=mode,
     )
+    if declared is not None and journal:
+        # journal=False is the escape hatch: no snapshot and no pre-flight, CASA
+        # meets the MS as it is (and reports a read-only MS its own way).
+        if vis is None:
+            raise InvalidInput(f"{name}: writes to an MS, so vis must be a path")
+        _journal.check_writable_ms(vis, task=name, writes=declared)
+        spec = _journal.journaled(spec, declared)
+    return runner.run(spec)
 
 
 def ft(
@@ -101,6 +125,7 @@ def ft(
     lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
     strict: bool = True,
     mode: str | None = None,
+    journal: bool = True,
 ) -> Any:
     """Guarded ``casatasks.ft``: insert a source model into MODEL_DATA (or the virtual model).
 
@@ -110,8 +135,10 @@ def ft(
         What ``casatasks.ft`` returns (None).
 
     Raises:
+        InvalidInput: ``vis`` missing, not an MS, read-only, or no room for the journal.
         CasaCrash: a subclass naming how the child failed; ``casa_error`` holds
-            CASA's message (e.g. ``Please make sure MS is writable ...``).
+            CASA's message (e.g. ``Please make sure MS is writable ...``);
+            ``restored`` is True when the journal put the MS back.
     """
     require_ms(vis)
     return run_task(
@@ -129,6 +156,7 @@ def ft(
         lock_timeout=lock_timeout,
         strict=strict,
         mode=mode,
+        journal=journal,
     )
 
 
@@ -143,6 +171,7 @@ def clearcal(
     lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
     strict: bool = True,
     mode: str | None = None,
+    journal: bool = True,
 ) -> Any:
     """Guarded ``casatasks.clearcal``: reset CORRECTED_DATA (and MODEL_DATA with addmodel).
 
@@ -150,7 +179,8 @@ def clearcal(
         What ``casatasks.clearcal`` returns (None).
 
     Raises:
-        CasaCrash: a subclass naming how the child failed.
+        InvalidInput: ``vis`` missing, not an MS, read-only, or no room for the journal.
+        CasaCrash: a subclass naming how the child failed (``restored``: see ``ft``).
     """
     require_ms(vis)
     return run_task(
@@ -164,6 +194,7 @@ def clearcal(
         lock_timeout=lock_timeout,
         strict=strict,
         mode=mode,
+        journal=journal,
     )
 
 
