@@ -8,9 +8,12 @@ it to disk, then the process dies of ``double free or corruption (out)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import casatools
 
 from casaguard import crashers
+from casaguard._incasa.tasks import run_casatask
 
 
 def write_then_double_free(vis: str, column: str = "MODEL_DATA", fraction: float = 0.5) -> None:
@@ -24,4 +27,14 @@ def write_then_double_free(vis: str, column: str = "MODEL_DATA", fraction: float
     values = tb.getcol(column, 0, rows)
     tb.putcol(column, values * 2 + 1, 0, rows)
     tb.flush()  # the half-written column is on disk before the crash
+    crashers.double_free_out()
+
+
+def task_then_double_free(name: str, params: dict[str, Any]) -> None:
+    """Run ``casatasks.<name>(**params)`` to the end, then abort before replying.
+
+    The task has done all its writes (created columns included); the crash
+    comes before the call could count as a success.
+    """
+    run_casatask(name, params)
     crashers.double_free_out()

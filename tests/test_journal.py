@@ -1,0 +1,473 @@
+"""Nothing lost: a crash or kill in the middle of a write never leaves the MS worse than before.
+
+Real CASA writes, real SIGKILLs at seeded random moments, a real heap abort
+after a real partial write; every check of the MS runs python-casacore in a
+subprocess (``casacore_script``), never in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import DROP_ROOT_POWERS, casacore_script
+from structlog.testing import capture_logs
+
+import casaguard
+from casaguard import journal, locks, runner
+from casaguard._job import Ref
+
+#: ~100k rows: 8 antennas (28 baselines) x 3572 integrations.
+BIG_TIMES = 3572
+KILL_TRIALS = 20
+NEW_FLUX_JY = 2.5
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Content hash of every file of an MS except the lock files."""
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "table.lock"
+    }
+
+
+def _journals(vis: Path) -> list[Path]:
+    return sorted(vis.parent.glob(f".{vis.name}{journal.JOURNAL_MARK}*"))
+
+
+VERIFY = """
+import json, sys
+import numpy as np
+from casacore.tables import table
+
+pristine, reference, *trials = sys.argv[1:]
+def columns(path):
+    t = table(path, ack=False)
+    try:
+        return {c: t.getcol(c) for c in ("DATA", "FLAG", "UVW", "MODEL_DATA")}
+    finally:
+        t.close()
+old = columns(pristine)
+new = table(reference, ack=False).getcol("MODEL_DATA")
+report = {}
+for path in trials:
+    t = table(path, readonly=False, ack=False, lockoptions="user")
+    # A second process takes the write lock at once: no lock of the dead child is in force.
+    t.lock(write=True, nattempts=1)  # raises if another process still holds a lock
+    locked = bool(t.haslock(write=True))
+    got = {c: t.getcol(c) for c in ("DATA", "FLAG", "UVW", "MODEL_DATA")}
+    t.unlock()
+    t.close()
+    model = got["MODEL_DATA"]
+    rows_old = int(np.all(model == old["MODEL_DATA"], axis=(1, 2)).sum())
+    if model.tobytes() == old["MODEL_DATA"].tobytes():
+        state = "old"
+    elif model.tobytes() == new.tobytes():
+        state = "new"
+    else:
+        state = "mixed"
+    report[path] = {
+        "locked": locked,
+        "same": {c: got[c].tobytes() == old[c].tobytes() for c in ("DATA", "FLAG", "UVW")},
+        "model": state,
+        "rows_old": rows_old,
+        "rows": int(model.shape[0]),
+    }
+print(json.dumps(report))
+"""
+
+
+def _verify(pristine: Path, reference: Path, trials: list[Path]) -> dict[str, Any]:
+    """Run VERIFY with python-casacore in a subprocess; return its report per trial MS."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(VERIFY), str(pristine), str(reference)]
+        + [str(t) for t in trials],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+RANDOMISE_MODEL = """
+import numpy as np
+from casacore.tables import table
+t = table({path!r}, readonly=False, ack=False)
+shape = t.getcol("MODEL_DATA").shape
+rng = np.random.default_rng(42)
+values = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+t.putcol("MODEL_DATA", values.astype(np.complex64))
+t.close()
+"""
+
+
+class BigMs:
+    """A ~100k-row MS with seeded random MODEL_DATA, and the MS after a clean ft."""
+
+    def __init__(self, root: Path, pristine: Path, reference: Path, complist: Path, ft_s: float):
+        self.root = root
+        self.pristine = pristine
+        self.reference = reference
+        self.complist = complist
+        self.ft_s = ft_s
+
+    def copy(self, name: str) -> Path:
+        dest = self.root / name / "obs.ms"
+        dest.parent.mkdir()
+        shutil.copytree(self.pristine, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def big(ms_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigMs]:
+    """Simulate the ~100k-row MS once; measure how long the ft task itself runs."""
+    # CASA's OpenMP threads spin when the CPUs are shared: ft on 100k rows takes
+    # 1.2 s on an idle 2-core machine, ~30 s beside four busy processes, 1.5 s
+    # with one thread. One thread keeps the kill moments meaningful.
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    root = tmp_path_factory.mktemp("journal-big")
+    pristine = ms_factory(root / "pristine.ms", n_times=BIG_TIMES)
+    casacore_script(RANDOMISE_MODEL.format(path=str(pristine)))
+    complist = root / "new.cl"
+    casaguard.make_point_complist(complist, flux_jy=NEW_FLUX_JY)
+    reference = root / "reference" / "obs.ms"
+    reference.parent.mkdir()
+    shutil.copytree(pristine, reference)
+    started, ended, error = _ft_watched(reference, complist, kill_after=None)
+    assert error is None and started is not None
+    yield BigMs(root, pristine, reference, complist, ended - started)
+    shutil.rmtree(root, ignore_errors=True)
+    if previous is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = previous
+
+
+def _ft_watched(
+    vis: Path, complist: Path, *, kill_after: float | None
+) -> tuple[float | None, float, BaseException | None]:
+    """Run guarded ft; from the moment the snapshot is complete (the task starts), optionally
+    SIGKILL the child after ``kill_after`` seconds. Returns (task start, end, exception)."""
+    outcome: dict[str, BaseException | None] = {"error": None}
+
+    def work() -> None:
+        try:
+            casaguard.ft(vis=str(vis), complist=str(complist), usescratch=True, timeout=300)
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    task_started = None
+    while thread.is_alive() and task_started is None:
+        manifests = [p / journal.MANIFEST for p in _journals(vis)]
+        ready = [m for m in manifests if m.exists()]
+        if ready:
+            task_started = time.monotonic()
+            pid = json.loads(ready[0].read_text())["pid"]
+            if kill_after is not None:
+                time.sleep(kill_after)
+                with contextlib.suppress(ProcessLookupError):  # ft may have finished
+                    os.kill(pid, signal.SIGKILL)
+        else:
+            time.sleep(0.002)
+    thread.join()
+    return task_started, time.monotonic(), outcome["error"]
+
+
+def test_sigkill_at_random_moments_never_leaves_a_mix(big: BigMs) -> None:
+    """SIGKILL at 20 seeded random moments of ft on ~100k rows: the MS opens, a second process
+    locks it at once, DATA/FLAG/UVW are byte-identical, MODEL_DATA is all old or all new."""
+    rng = np.random.default_rng(42)
+    delays = rng.uniform(0.0, 1.0, size=KILL_TRIALS) * big.ft_s
+    trials: list[Path] = []
+    hit_mid_write = 0
+    outcomes = []
+    for index, delay in enumerate(delays):
+        vis = big.copy(f"trial{index:02d}")
+        lock_inode = (vis / "table.lock").stat().st_ino
+        with capture_logs() as events:
+            started, _, error = _ft_watched(vis, big.complist, kill_after=float(delay))
+        assert started is not None, f"trial {index}: the task never started"
+        if error is not None:
+            assert isinstance(error, casaguard.Killed), repr(error)
+            assert error.restored and str(vis / "table.dat") in error.restored_paths
+            restored = next(e for e in events if e["event"] == "journal_restored")
+            hit_mid_write += any("table.f4" in p for p in restored["changed"])
+        outcomes.append("killed" if error else "finished")
+        # The dead child holds no lock, the lock file is the same file, no journal remains.
+        assert locks.lock_holders(vis, include_self=True) == []
+        assert (vis / "table.lock").stat().st_ino == lock_inode
+        assert _journals(vis) == []
+        trials.append(vis)
+    report = _verify(big.pristine, big.reference, trials)
+    for index, vis in enumerate(trials):
+        result = report[str(vis)]
+        assert result["locked"], f"trial {index}: a stale lock survived"
+        assert all(result["same"].values()), f"trial {index}: {result}"
+        assert result["model"] in ("old", "new"), f"trial {index} ({outcomes[index]}): {result}"
+        assert (result["model"] == "old") == (outcomes[index] == "killed"), result
+    print(f"ft task {big.ft_s:.2f} s; {outcomes.count('killed')} killed, {hit_mid_write} mid-write")
+    # The kills must really land while MODEL_DATA is being written, or this proves nothing.
+    assert hit_mid_write >= 3, f"only {hit_mid_write} kills hit MODEL_DATA mid-write"
+    assert outcomes.count("killed") >= KILL_TRIALS // 2
+
+
+def _write_then_crash(vis: Path, *, journaled: bool) -> casaguard.CasaCrash:
+    spec = runner.CallSpec(
+        func=Ref("casaguard._incasa.crash_write", "write_then_double_free"),
+        args=(str(vis), "MODEL_DATA", 0.5),
+        name="write_then_double_free",
+        vis=str(vis),
+    )
+    if journaled:
+        spec = journal.journaled(spec, ["MODEL_DATA"])
+    with pytest.raises(casaguard.HeapCorruption) as caught:
+        runner.run(spec)
+    return caught.value
+
+
+def test_heap_abort_after_a_partial_write_is_rolled_back(big: BigMs) -> None:
+    """A real double free after half of MODEL_DATA was written and flushed: unjournaled the MS
+    is left mixed; journaled it is restored, lockable at once, and CASA writes it cleanly after."""
+    bare = big.copy("heap-bare")
+    error = _write_then_crash(bare, journaled=False)
+    assert error.kind == "double-free" and not error.restored
+    guarded = big.copy("heap-journaled")
+    lock_inode = (guarded / "table.lock").stat().st_ino
+    error = _write_then_crash(guarded, journaled=True)
+    assert error.kind == "double-free" and error.restored
+    assert {str(guarded / "table.f4_TSM1"), str(guarded / "table.dat")} <= set(error.restored_paths)
+    assert (guarded / "table.lock").stat().st_ino == lock_inode
+    report = _verify(big.pristine, big.reference, [bare, guarded])
+    bare_result, guarded_result = report[str(bare)], report[str(guarded)]
+    # The crasher really leaves half the rows rewritten when nothing protects the MS...
+    assert bare_result["model"] == "mixed"
+    assert bare_result["rows_old"] == bare_result["rows"] - bare_result["rows"] // 2
+    # ...and the journal puts every byte back.
+    assert guarded_result["locked"] and all(guarded_result["same"].values())
+    assert guarded_result["model"] == "old"
+    # casacore copes with the dead writer's lock file: a guarded ft then writes normally.
+    casaguard.ft(vis=str(guarded), complist=str(big.complist), usescratch=True)
+    assert _verify(big.pristine, big.reference, [guarded])[str(guarded)]["model"] == "new"
+
+
+REMOVE_SCRATCH = """
+from casacore.tables import table
+t = table({path!r}, readonly=False, ack=False)
+t.removecols(["MODEL_DATA", "CORRECTED_DATA"])
+t.close()
+"""
+
+
+@pytest.mark.parametrize(
+    ("task", "params", "writes"),
+    [
+        ("ft", {"usescratch": True}, ("MODEL_DATA", "SOURCE")),
+        ("clearcal", {"addmodel": True}, ("MODEL_DATA", "CORRECTED_DATA", "SOURCE")),
+    ],
+)
+def test_columns_created_before_a_crash_are_removed(
+    ms: Path, complist: Path, task: str, params: dict[str, Any], writes: tuple[str, ...]
+) -> None:
+    """A task that creates MODEL_DATA/CORRECTED_DATA and then dies of a heap abort leaves every
+    file of the MS as it was: table.dat back, the new storage-manager files gone."""
+    casacore_script(REMOVE_SCRATCH.format(path=str(ms)))
+    before = _tree(ms)
+    if task == "ft":
+        params = {**params, "complist": str(complist)}
+    spec = runner.CallSpec(
+        func=Ref("casaguard._incasa.crash_write", "task_then_double_free"),
+        args=(task, {"vis": str(ms), **params}),
+        name=task,
+        is_casa_task=True,
+        vis=str(ms),
+    )
+    with pytest.raises(casaguard.HeapCorruption) as caught:
+        runner.run(journal.journaled(spec, writes))
+    assert caught.value.restored
+    removed = [p for p in caught.value.restored_paths if not Path(p).exists()]
+    assert removed and all(Path(p).name.startswith("table.f") for p in removed)
+    assert _tree(ms) == before
+    assert _journals(ms) == []
+
+
+def test_timeout_restores_and_journal_false_does_not(ms: Path, complist: Path) -> None:
+    """A timeout kill is restored (restored=True); journal=False takes no snapshot."""
+    for use_journal in (True, False):
+        with pytest.raises(casaguard.TaskTimeout) as caught:
+            casaguard.ft(
+                vis=str(ms), complist=str(complist), usescratch=True, timeout=0.5,
+                journal=use_journal,
+            )
+        assert caught.value.restored is use_journal
+        assert _journals(ms) == []
+
+
+def test_success_drops_the_journal(ms: Path, complist: Path, no_leaks: None) -> None:
+    """A journaled ft that succeeds writes MODEL_DATA and leaves no journal behind."""
+    before = _tree(ms)
+    with capture_logs() as events:
+        casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
+    after = _tree(ms)
+    assert after["table.f4_TSM1"] != before["table.f4_TSM1"]
+    assert _journals(ms) == []
+    assert not [e for e in events if e["event"].startswith("journal_")]
+
+
+# --- bad input: one line, non-zero exit, nothing changed ---------------------------------
+
+
+def _cli(
+    args: list[str], cwd: Path, prefix: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "casaguard.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def _error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("casaguard:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_cli_missing_path(tmp_path: Path) -> None:
+    """A missing MS is a one-line error with exit 2, before any child starts."""
+    result = _cli(["ft", str(tmp_path / "nope.ms"), "--usescratch"], tmp_path)
+    assert result.returncode == 2
+    assert _error_line(result) == "casaguard: " + journal.MISSING_MESSAGE.format(
+        task="ft", vis=tmp_path / "nope.ms"
+    )
+
+
+def test_cli_not_an_ms(tmp_path: Path, complist: Path) -> None:
+    """A casacore table that is not a Measurement Set (a component list) is refused, untouched."""
+    fake = tmp_path / "model.cl"
+    shutil.copytree(complist, fake)
+    before = _tree(fake)
+    result = _cli(["clearcal", str(fake)], tmp_path)
+    assert result.returncode == 2
+    assert "is not a Measurement Set" in _error_line(result)
+    assert _tree(fake) == before and _journals(fake) == []
+
+
+def test_cli_read_only_ms(ms: Path, complist: Path, tmp_path: Path) -> None:
+    """A read-only MS (root's override dropped) is a one-line error; nothing is written."""
+    subprocess.run(["chmod", "-R", "a-w", str(ms)], check=True)
+    try:
+        before = _tree(ms)
+        result = _cli(
+            ["ft", str(ms), "--complist", str(complist), "--usescratch"], tmp_path, DROP_ROOT_POWERS
+        )
+        assert result.returncode == 2
+        assert "is read-only" in _error_line(result)
+        assert _tree(ms) == before and _journals(ms) == []
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(ms)], check=True)
+
+
+HOLD_LOCK = """
+import sys
+from casacore.tables import table
+t = table(sys.argv[1], readonly=False, ack=False, lockoptions="user")
+t.lock(write=True)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_cli_ms_locked_by_another_process(ms: Path, complist: Path, tmp_path: Path) -> None:
+    """An MS write-locked by a live process: exit 1, one line naming the holder; its lock file
+    is neither deleted nor replaced, and nothing is written."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(ms)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        lock_inode = (ms / "table.lock").stat().st_ino
+        before = _tree(ms)
+        result = _cli(
+            ["ft", str(ms), "--complist", str(complist), "--usescratch", "--lock-timeout", "1"],
+            tmp_path,
+        )
+        assert result.returncode == 1
+        line = _error_line(result)
+        assert f"is locked by pid {holder.pid} (" in line and "python" in line
+        assert (ms / "table.lock").stat().st_ino == lock_inode
+        assert _tree(ms) == before and _journals(ms) == []
+    finally:
+        holder.communicate("", timeout=30)
+
+
+DISK_FULL = r"""
+set -eu
+mount -t tmpfs -o size=1m tmpfs "$MNT"
+cp -r "$SRC" "$MNT/obs.ms"
+# Leave less room than the journal of MODEL_DATA + HISTORY + SOURCE needs.
+avail=$(df --output=avail -B1 "$MNT" | tail -1)
+fallocate -l $((avail - 40960)) "$MNT/filler"
+sha() { (cd "$MNT/obs.ms" && find . -type f ! -name table.lock -exec sha1sum {} + | sort); }
+sha > "$OUT/before"
+set +e
+"$PY" -m casaguard.cli ft "$MNT/obs.ms" --complist "$CL" --usescratch 2> "$OUT/stderr"
+echo $? > "$OUT/rc"
+set -e
+sha > "$OUT/after"
+ls -a "$MNT" > "$OUT/entries"
+"""
+
+
+def test_cli_disk_full(ms: Path, complist: Path, tmp_path: Path) -> None:
+    """On a full file system (a 1 MB tmpfs in a private mount namespace) ft is refused with a
+    one-line error before anything is touched."""
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "MNT": str(mnt),
+        "SRC": str(ms),
+        "OUT": str(out),
+        "PY": sys.executable,
+        "CL": str(complist),
+    }
+    subprocess.run(
+        [*unshare, "bash", "-c", DISK_FULL], check=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert (out / "rc").read_text().strip() == "2"
+    lines = [x for x in (out / "stderr").read_text().splitlines() if x.startswith("casaguard:")]
+    assert len(lines) == 1 and "not enough free space to journal" in lines[0], lines
+    assert (out / "before").read_text() == (out / "after").read_text()
+    assert (out / "entries").read_text().split() == [".", "..", "filler", "obs.ms"]
+    assert not any(mnt.iterdir()), "the tmpfs must vanish with its namespace"
