@@ -7,6 +7,7 @@ branch on data, not on message text::
     CasaguardError                      anything casaguard raises on purpose
     +-- SetupError                      casadata missing, child cannot start CASA
     +-- InvalidInput                    bad path, not an MS, unknown task...
+    +-- JournalError                    a crashed write could not be rolled back
     +-- CasaCrash                       a guarded call did not return normally
         +-- HeapCorruption              double-free, corrupted-size, invalid-pointer, heap-...
         +-- Segfault                    SIGSEGV / SIGBUS
@@ -42,6 +43,10 @@ class SetupError(CasaguardError):
 
 class InvalidInput(CasaguardError, ValueError):
     """The caller's input cannot be used: missing path, not an MS, unknown task."""
+
+
+class JournalError(CasaguardError):
+    """A restore after a crash could not be completed; the journal is kept for a manual restore."""
 
 
 class RemoteTraceback(Exception):

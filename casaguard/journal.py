@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from casaguard._job import Ref
-from casaguard.errors import CasaguardError, InvalidInput
+from casaguard.errors import InvalidInput, JournalError
 
 if TYPE_CHECKING:
     from casaguard.runner import CallSpec
@@ -111,10 +111,6 @@ REFERENCE_TABLE_MESSAGE = (
 _FT_SCRATCH = ("MODEL_DATA", "SOURCE")
 _FT_VIRTUAL = ("SOURCE",)
 _CLEARCAL = ("MODEL_DATA", "CORRECTED_DATA", "SOURCE")
-
-
-class JournalError(CasaguardError):
-    """A restore could not be completed; the journal is kept for a manual restore."""
 
 
 def task_writes(name: str, params: dict[str, Any]) -> tuple[str, ...] | None:
@@ -220,7 +216,21 @@ class MsJournal:
         if snapshot.kept:
             log.error("journal_kept", vis=snapshot.vis, journal=str(snapshot.path))
             return
+        try:
+            manifest = json.loads((snapshot.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        started = time.monotonic()
         shutil.rmtree(snapshot.path, ignore_errors=True)
+        log.debug(
+            "journal_dropped",
+            vis=snapshot.vis,
+            bytes=manifest.get("bytes"),
+            files=len(manifest.get("saved", ())),
+            copy_s=manifest.get("copy_s"),
+            plan_s=manifest.get("plan_s"),
+            drop_s=round(time.monotonic() - started, 4),
+        )
 
 
 def journaled(spec: CallSpec, writes: Sequence[str]) -> CallSpec:
@@ -262,6 +272,7 @@ def take_snapshot(
     files: Sequence[str],
     subtables: Sequence[str],
     growth_bytes: int,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Copy ``files`` and whole ``subtables`` of ``vis`` into ``journal``, then write the manifest.
 
@@ -275,6 +286,7 @@ def take_snapshot(
         subtables: subtable directory names (relative to ``vis``) to copy whole;
             one that does not exist yet is recorded as absent.
         growth_bytes: what the task may add to the MS (columns it creates).
+        extra: more facts for the manifest (e.g. how long the planning took).
 
     Returns:
         The manifest.
@@ -316,6 +328,7 @@ def take_snapshot(
         "stat": _stat_tree(root),
         "bytes": snapshot_bytes,
         "copy_s": round(time.monotonic() - started, 4),
+        **(extra or {}),
     }
     tmp = journal / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest))

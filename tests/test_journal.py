@@ -324,14 +324,21 @@ def test_timeout_restores_and_journal_false_does_not(ms: Path, complist: Path) -
 
 
 def test_success_drops_the_journal(ms: Path, complist: Path, no_leaks: None) -> None:
-    """A journaled ft that succeeds writes MODEL_DATA and leaves no journal behind."""
+    """A journaled ft that succeeds writes MODEL_DATA, copied exactly MODEL_DATA's files plus
+    table.dat, table.info, HISTORY and SOURCE (not DATA), and leaves no journal behind."""
     before = _tree(ms)
+    expected = [ms / "table.dat", ms / "table.info", *ms.glob("table.f4*")] + [
+        p for sub in ("HISTORY", "SOURCE") for p in (ms / sub).iterdir() if p.name != "table.lock"
+    ]
+    expected_bytes = sum(p.stat().st_size for p in expected)
     with capture_logs() as events:
         casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
-    after = _tree(ms)
-    assert after["table.f4_TSM1"] != before["table.f4_TSM1"]
+    assert _tree(ms)["table.f4_TSM1"] != before["table.f4_TSM1"]
     assert _journals(ms) == []
-    assert not [e for e in events if e["event"].startswith("journal_")]
+    assert [e["event"] for e in events if e["event"].startswith("journal_")] == ["journal_dropped"]
+    dropped = next(e for e in events if e["event"] == "journal_dropped")
+    assert dropped["files"] == len(expected)
+    assert dropped["bytes"] == expected_bytes
 
 
 # --- bad input: one line, non-zero exit, nothing changed ---------------------------------
@@ -471,3 +478,54 @@ def test_cli_disk_full(ms: Path, complist: Path, tmp_path: Path) -> None:
     assert (out / "before").read_text() == (out / "after").read_text()
     assert (out / "entries").read_text().split() == [".", "..", "filler", "obs.ms"]
     assert not any(mnt.iterdir()), "the tmpfs must vanish with its namespace"
+
+
+CTRL_C_PARENT = """
+import glob, json, os, signal, sys, threading, time
+import structlog
+import casaguard
+
+def report(logger, name, event):
+    if event["event"] == "journal_restored":
+        print("RESTORED", json.dumps(event["restored"]), flush=True)
+    raise structlog.DropEvent
+
+structlog.configure(processors=[report])
+vis, complist = sys.argv[1:]
+pattern = os.path.join(os.path.dirname(vis), "." + os.path.basename(vis) + "{mark}*/manifest.json")
+
+def interrupt_once_the_task_runs():
+    while not glob.glob(pattern):
+        time.sleep(0.002)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt_once_the_task_runs, daemon=True).start()
+try:
+    casaguard.ft(vis=vis, complist=complist, usescratch=True)
+    print("FINISHED", flush=True)
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+"""
+
+
+def test_ctrl_c_during_the_task_restores(ms: Path, complist: Path, tmp_path: Path) -> None:
+    """Ctrl-C in the caller while ft runs kills the child and restores the MS before re-raising."""
+    before = _tree(ms)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(CTRL_C_PARENT).replace("{mark}", journal.JOURNAL_MARK),
+            str(ms),
+            str(complist),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert "INTERRUPTED" in result.stdout, result.stdout + result.stderr
+    restored = json.loads(result.stdout.split("RESTORED ", 1)[1].splitlines()[0])
+    assert str(ms / "table.f4_TSM1") in restored
+    assert _tree(ms) == before and _journals(ms) == []

@@ -8,6 +8,7 @@ storage-manager files hold a column costs one table open. See
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,16 @@ def run_journaled(
     Raises:
         InvalidInput: not enough free space, or a table the journal cannot cover.
     """
+    started = time.monotonic()
     files, subtables, growth = plan(vis, writes, task=task)
     journal.take_snapshot(
-        journal_dir, vis, task=task, files=files, subtables=subtables, growth_bytes=growth
+        journal_dir,
+        vis,
+        task=task,
+        files=files,
+        subtables=subtables,
+        growth_bytes=growth,
+        extra={"plan_s": round(time.monotonic() - started, 4)},
     )
     return func(*args, **kwargs)
 
