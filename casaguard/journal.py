@@ -102,6 +102,10 @@ NO_SPACE_MESSAGE = (
     "{task}: not enough free space to journal {vis}: needs {need_mb:.2f} MB on {where}, "
     "{free_mb:.2f} MB free; nothing was changed (journal=False runs without a safety copy)"
 )
+ORPHAN_ADVICE = (
+    "a guarded write to this MS died with its caller; its snapshot is in {journal}: "
+    "run `casaguard restore-journal {journal}` to roll the MS back, or delete it to keep the MS"
+)
 REFERENCE_TABLE_MESSAGE = (
     "{task}: cannot journal {vis}: it has no storage managers of its own (a reference or "
     "concatenated table); pass journal=False to write without a safety copy"
@@ -191,6 +195,13 @@ class MsJournal:
 
     def before(self) -> Snapshot:
         """Create the journal directory (the child fills it before the task starts)."""
+        for orphan in orphans(self.vis):
+            log.warning(
+                "journal_orphan",
+                vis=self.vis,
+                journal=str(orphan),
+                advice=ORPHAN_ADVICE.format(journal=orphan),
+            )
         self.path.mkdir(mode=0o700)
         return Snapshot(self.path, self.vis)
 
@@ -231,6 +242,62 @@ class MsJournal:
             plan_s=manifest.get("plan_s"),
             drop_s=round(time.monotonic() - started, 4),
         )
+
+
+def orphans(vis: str | os.PathLike[str]) -> list[Path]:
+    """Return journals of ``vis`` whose owner died mid-call (e.g. the caller was SIGKILLed).
+
+    Such a journal may hold the only good copy of what the dead call was writing.
+    """
+    ms = Path(vis).absolute()
+    found = []
+    for where in (ms.parent, Path(tempfile.gettempdir())):
+        for path in sorted(where.glob(f"*{ms.name}{JOURNAL_MARK}*")):
+            if not (path / MANIFEST).exists():
+                continue  # the task never started: nothing to restore
+            owner = path.name.rsplit(JOURNAL_MARK, 1)[-1].split("-", 1)[0]
+            if owner.isdigit() and not _alive(int(owner)) and _journal_vis(path) == str(ms):
+                found.append(path)
+    return found
+
+
+def recover(path: str | os.PathLike[str]) -> list[str]:
+    """Restore an orphaned journal into its MS, then remove the journal.
+
+    Args:
+        path: the journal directory (see ``orphans``).
+
+    Returns:
+        The paths restored or removed.
+
+    Raises:
+        JournalError: the restore failed; the journal is kept.
+        InvalidInput: ``path`` is not a casaguard journal.
+    """
+    journal = Path(path)
+    if JOURNAL_MARK.strip(".") not in journal.name or not journal.is_dir():
+        raise InvalidInput(f"{journal} is not a casaguard journal")
+    done = restore(journal)
+    shutil.rmtree(journal)
+    return done
+
+
+def _journal_vis(path: Path) -> str | None:
+    try:
+        vis = json.loads((path / MANIFEST).read_text())["vis"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(vis)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def journaled(spec: CallSpec, writes: Sequence[str]) -> CallSpec:

@@ -529,3 +529,48 @@ def test_ctrl_c_during_the_task_restores(ms: Path, complist: Path, tmp_path: Pat
     restored = json.loads(result.stdout.split("RESTORED ", 1)[1].splitlines()[0])
     assert str(ms / "table.f4_TSM1") in restored
     assert _tree(ms) == before and _journals(ms) == []
+
+
+KILLED_PARENT = """
+import sys
+import casaguard
+casaguard.ft(vis=sys.argv[1], complist=sys.argv[2], usescratch=True)
+"""
+
+
+def test_caller_killed_mid_write_leaves_a_journal_to_recover(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """If the caller itself is SIGKILLed mid-ft, the child dies with it, the journal stays, the
+    next call warns about it, and `casaguard restore-journal` rolls the MS back."""
+    before = _tree(ms)
+    caller = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(KILLED_PARENT), str(ms), str(complist)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest = None
+    deadline = time.monotonic() + 120
+    while manifest is None and time.monotonic() < deadline:
+        ready = [p / journal.MANIFEST for p in _journals(ms) if (p / journal.MANIFEST).exists()]
+        manifest = ready[0] if ready else None
+        time.sleep(0.002)
+    assert manifest is not None
+    child = json.loads(manifest.read_text())["pid"]
+    caller.kill()
+    caller.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while journal._alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not journal._alive(child), "the child must die with its caller"
+    assert journal.orphans(ms) == [manifest.parent]
+    with capture_logs() as events:
+        fresh = journal.MsJournal(str(ms), ["MODEL_DATA"], task="ft").before()
+    fresh.path.rmdir()
+    warned = [e for e in events if e["event"] == "journal_orphan"]
+    assert warned and "casaguard restore-journal" in warned[0]["advice"]
+    result = _cli(["restore-journal", str(manifest.parent)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _tree(ms) == before
+    assert _journals(ms) == [] and journal.orphans(ms) == []
