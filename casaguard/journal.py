@@ -97,7 +97,8 @@ RESTORE_LOCK_WAIT_S = 10.0
 
 MISSING_MESSAGE = "{task}: {vis} does not exist"
 NOT_MS_MESSAGE = "{task}: {vis} is not a Measurement Set ({why})"
-READ_ONLY_MESSAGE = "{task}: {vis} is read-only ({path} is not writable); nothing was changed"
+READ_ONLY_MESSAGE = "{task}: {vis} is read-only ({path} is not writable{hint}); nothing was changed"
+READ_ONLY_TABLE_DAT_HINT = ": WSClean run as another user leaves table.dat owned by it"
 NO_SPACE_MESSAGE = (
     "{task}: not enough free space to journal {vis}: needs {need_mb:.2f} MB on {where}, "
     "{free_mb:.2f} MB free; nothing was changed (journal=False runs without a safety copy)"
@@ -159,7 +160,10 @@ def check_writable_ms(vis: str, *, task: str, writes: Sequence[str] = ()) -> Non
     subtables = [path / name for name in (*writes, *ALWAYS_SUBTABLES) if (path / name).is_dir()]
     for candidate in _writable_candidates(path, subtables):
         if not os.access(candidate, os.W_OK):
-            raise InvalidInput(READ_ONLY_MESSAGE.format(task=task, vis=vis, path=candidate))
+            hint = READ_ONLY_TABLE_DAT_HINT if candidate.name == "table.dat" else ""
+            raise InvalidInput(
+                READ_ONLY_MESSAGE.format(task=task, vis=vis, path=candidate, hint=hint)
+            )
 
 
 def _writable_candidates(path: Path, subtables: Iterable[Path]) -> Iterator[Path]:

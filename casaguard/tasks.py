@@ -68,9 +68,9 @@ def run_task(
         name: the casatask's name, e.g. ``"flagdata"``.
         timeout, lock_timeout, strict, mode, journal: see the module docstring.
         writes: main-table columns and/or subtables of ``vis`` the task may
-            change (e.g. ``["FLAG", "FLAG_ROW"]``): they are journaled. Known
-            for ``ft`` and ``clearcal``; for other tasks nothing is journaled
-            unless declared here.
+            change (e.g. ``["FLAG", "FLAG_ROW"]``): ``vis`` is checked first and
+            they are journaled. Without it nothing is checked or journaled:
+            CASA's own checks speak (``ft`` and ``clearcal`` declare theirs).
         **params: the task's own parameters.
 
     Returns:
@@ -87,7 +87,7 @@ def run_task(
         raise InvalidInput(f"task name must be an identifier, got {name!r}")
     if isinstance(writes, str):
         writes = [writes]
-    declared = _journal.task_writes(name, params) if writes is None else tuple(writes)
+    declared = None if writes is None else tuple(writes)
     vis = _vis_path(params.get("vis"))
     spec = runner.CallSpec(
         func=Ref("casaguard._incasa.tasks", "run_casatask"),
@@ -143,6 +143,7 @@ def ft(
     require_ms(vis)
     return run_task(
         "ft",
+        writes=_journal.task_writes("ft", {"usescratch": usescratch}),
         vis=vis,
         field=field,
         spw=spw,
@@ -185,6 +186,7 @@ def clearcal(
     require_ms(vis)
     return run_task(
         "clearcal",
+        writes=_journal.task_writes("clearcal", {}),
         vis=vis,
         field=field,
         spw=spw,

@@ -368,9 +368,7 @@ def test_cli_missing_path(tmp_path: Path) -> None:
     """A missing MS is a one-line error with exit 2, before any child starts."""
     result = _cli(["ft", str(tmp_path / "nope.ms"), "--usescratch"], tmp_path)
     assert result.returncode == 2
-    assert _error_line(result) == "casaguard: " + journal.MISSING_MESSAGE.format(
-        task="ft", vis=tmp_path / "nope.ms"
-    )
+    assert "nope.ms: no such Measurement Set" in _error_line(result)
 
 
 def test_cli_not_an_ms(tmp_path: Path, complist: Path) -> None:
