@@ -311,16 +311,24 @@ def test_columns_created_before_a_crash_are_removed(
     assert _journals(ms) == []
 
 
-def test_timeout_restores_and_journal_false_does_not(ms: Path, complist: Path) -> None:
-    """A timeout kill is restored (restored=True); journal=False takes no snapshot."""
+def test_timeout_restores_and_journal_false_does_not(big: BigMs) -> None:
+    """A timeout kill during ft on 100k rows is restored (restored=True, every file as before);
+    journal=False takes no snapshot (restored=False)."""
+    pristine = _tree(big.pristine)
     for use_journal in (True, False):
+        vis = big.copy(f"timeout-{use_journal}")
         with pytest.raises(casaguard.TaskTimeout) as caught:
             casaguard.ft(
-                vis=str(ms), complist=str(complist), usescratch=True, timeout=0.5,
+                vis=str(vis),
+                complist=str(big.complist),
+                usescratch=True,
+                timeout=0.3,  # ft alone takes about a second on 100k rows
                 journal=use_journal,
             )
         assert caught.value.restored is use_journal
-        assert _journals(ms) == []
+        assert _journals(vis) == []
+        if use_journal:
+            assert _tree(vis) == pristine
 
 
 def test_success_drops_the_journal(ms: Path, complist: Path, no_leaks: None) -> None:
