@@ -28,7 +28,8 @@ Who does what (the parent never imports casacore)::
     -----------------                         ------------
     check_writable_ms (missing, not an MS,
         read-only -> InvalidInput)
-    before(): mkdir <ms>/../.<ms>.casaguard-journal-*
+    before(): flock(<ms dir>) -- one guarded writer per MS
+              mkdir <ms>/../.<ms>.casaguard-journal-*
                             ----------------> _incasa.journal.run_journaled
                                                 tb.getdminfo(): column -> files
                                                 free space?  no -> InvalidInput
@@ -37,7 +38,7 @@ Who does what (the parent never imports casacore)::
     crash/kill/timeout/Ctrl-C: restore()       ... dies anywhere
       take table.lock byte 0 (fcntl, like casacore)
       rename copies back, table.dat last; delete files the task created
-    always: discard() removes the journal (kept if a restore failed)
+    always: discard() removes the journal (kept if a restore failed), drops the flock
 
 The snapshot is taken in the child because only casacore knows which file
 holds which column, and the child already has casatools loaded: the lookup
@@ -75,7 +76,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from casaguard._job import Ref
-from casaguard.errors import InvalidInput, JournalError
+from casaguard.errors import LOCKED_MESSAGE, InvalidInput, JournalError, MsLocked
 
 if TYPE_CHECKING:
     from casaguard.runner import CallSpec
@@ -176,10 +177,17 @@ def _writable_candidates(path: Path, subtables: Iterable[Path]) -> Iterator[Path
 
 @dataclass
 class Snapshot:
-    """A journal directory; filled by the child, read back by the parent on a crash."""
+    """A journal directory; filled by the child, read back by the parent on a crash.
+
+    ``writer_fd`` holds an exclusive ``flock`` on the MS directory from before
+    the snapshot until after any restore, so two guarded writes to one MS (two
+    threads of a batch, two pipelines) never interleave: a later write cannot
+    snapshot the half-written state of an earlier one, nor be undone by its restore.
+    """
 
     path: Path
     vis: str
+    writer_fd: int | None = None
     kept: bool = False
 
 
@@ -191,10 +199,13 @@ class MsJournal:
     crash, ``discard`` drops the journal.
     """
 
-    def __init__(self, vis: str, writes: Sequence[str], *, task: str) -> None:
+    def __init__(
+        self, vis: str, writes: Sequence[str], *, task: str, lock_timeout: float = 60.0
+    ) -> None:
         self.vis = os.path.abspath(vis)
         self.writes = tuple(dict.fromkeys((*writes, *ALWAYS_SUBTABLES)))
         self.task = task
+        self.lock_timeout = lock_timeout
         self.path = _journal_path(self.vis)
 
     def before(self) -> Snapshot:
@@ -206,8 +217,13 @@ class MsJournal:
                 journal=str(orphan),
                 advice=ORPHAN_ADVICE.format(journal=orphan),
             )
-        self.path.mkdir(mode=0o700)
-        return Snapshot(self.path, self.vis)
+        writer_fd = _one_writer(self.vis, self.lock_timeout, self.task)
+        try:
+            self.path.mkdir(mode=0o700)
+        except BaseException:
+            os.close(writer_fd)
+            raise
+        return Snapshot(self.path, self.vis, writer_fd)
 
     def restore(self, snapshot: Snapshot) -> list[str]:
         """Put back what the snapshot holds; delete what the task created.
@@ -227,7 +243,15 @@ class MsJournal:
             raise
 
     def discard(self, snapshot: Snapshot) -> None:
-        """Remove the journal directory, unless a failed restore still needs it."""
+        """Remove the journal (unless a failed restore still needs it); let go of the MS."""
+        try:
+            self._discard(snapshot)
+        finally:
+            if snapshot.writer_fd is not None:
+                os.close(snapshot.writer_fd)  # releases the flock
+                snapshot.writer_fd = None
+
+    def _discard(self, snapshot: Snapshot) -> None:
         if snapshot.kept:
             log.error("journal_kept", vis=snapshot.vis, journal=str(snapshot.path))
             return
@@ -246,6 +270,79 @@ class MsJournal:
             plan_s=manifest.get("plan_s"),
             drop_s=round(time.monotonic() - started, 4),
         )
+
+
+def _one_writer(vis: str, lock_timeout: float, task: str) -> int:
+    """Take an exclusive ``flock`` on the MS directory, waiting up to ``lock_timeout``.
+
+    ``flock`` on the directory is independent of casacore's ``fcntl`` locks on
+    ``table.lock`` and creates no file. The kernel drops it if this process dies.
+
+    Raises:
+        MsLocked: another guarded write to this MS still runs after ``lock_timeout``.
+    """
+    fd = os.open(vis, os.O_RDONLY | os.O_DIRECTORY)
+    started = time.monotonic()
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        holder = _flock_holder(vis)
+        if not announced:
+            log.warning("journal_wait", task=task, vis=vis, holder_pid=holder)
+            announced = True
+        waited = time.monotonic() - started
+        if waited > lock_timeout:
+            os.close(fd)
+            command = _command(holder) if holder else "?"
+            raise MsLocked(
+                LOCKED_MESSAGE.format(
+                    vis=vis, holder_pid=holder, holder_cmdline=command, waited_s=waited
+                )
+                + "; another guarded write to it is in progress",
+                holder_pid=holder,
+                holder_cmdline=command,
+                lock_type="write",
+                task=task,
+                vis=vis,
+            )
+        time.sleep(0.05)
+
+
+def _flock_holder(vis: str) -> int | None:
+    """The pid holding a ``flock`` on the MS directory, from ``/proc/locks``."""
+    try:
+        st = os.stat(vis)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split()
+        # "3: FLOCK  ADVISORY  WRITE 4242 fe:00:123 0 EOF" (waiters carry "->").
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        where = fields[5].split(":")
+        try:
+            device = os.makedev(int(where[0], 16), int(where[1], 16))
+            if len(where) == 3 and int(where[2]) == st.st_ino and device == st.st_dev:
+                return int(fields[4])
+        except (ValueError, IndexError):
+            continue
+    return None
+
+
+def _command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or "?"
 
 
 def orphans(vis: str | os.PathLike[str]) -> list[Path]:
@@ -313,7 +410,7 @@ def journaled(spec: CallSpec, writes: Sequence[str]) -> CallSpec:
     """
     if not spec.vis:
         raise InvalidInput(f"{spec.name}: a journaled call needs vis")
-    hook = MsJournal(spec.vis, writes, task=spec.name)
+    hook = MsJournal(spec.vis, writes, task=spec.name, lock_timeout=spec.lock_timeout)
     return dataclasses.replace(
         spec,
         func=Ref("casaguard._incasa.journal", "run_journaled"),

@@ -580,3 +580,49 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     assert result.returncode == 0, result.stderr
     assert _tree(ms) == before
     assert _journals(ms) == [] and journal.orphans(ms) == []
+
+
+def test_two_guarded_writes_to_one_ms_never_interleave(
+    ms_factory: Any, complist: Path, tmp_path: Path
+) -> None:
+    """A crashing half-write and an ft started together on one MS take turns: whichever runs
+    first, the crash is undone and ft's MODEL_DATA is what remains."""
+    reference = ms_factory(tmp_path / "reference.ms")
+    casaguard.ft(vis=str(reference), complist=str(complist), usescratch=True)
+    expected = _tree(reference)["table.f4_TSM1"]
+    for trial in range(2):
+        vis = ms_factory(tmp_path / f"trial{trial}.ms")
+        crash_spec = journal.journaled(
+            runner.CallSpec(
+                func=Ref("casaguard._incasa.crash_write", "write_then_double_free"),
+                args=(str(vis), "MODEL_DATA", 0.5),
+                name="write_then_double_free",
+                vis=str(vis),
+            ),
+            ["MODEL_DATA"],
+        )
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def crash(spec: runner.CallSpec = crash_spec, errors: list[BaseException] = errors,
+                  start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                runner.run(spec)
+            except casaguard.HeapCorruption as error:
+                errors.append(error)
+
+        def ft(vis: Path = vis, start: threading.Barrier = start) -> None:
+            start.wait()
+            casaguard.ft(vis=str(vis), complist=str(complist), usescratch=True)
+
+        with capture_logs() as events:
+            threads = [threading.Thread(target=work) for work in (crash, ft)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert len(errors) == 1 and errors[0].restored  # type: ignore[attr-defined]
+        assert any(e["event"] == "journal_wait" for e in events), "the writes did not overlap"
+        assert _tree(vis)["table.f4_TSM1"] == expected
+        assert _journals(vis) == []
