@@ -6,8 +6,10 @@ every file of an MS before and after each task):
 * ``ft(usescratch=True)``: the storage-manager files of MODEL_DATA (a
   TiledShapeStMan: ``table.f<N>`` and ``table.f<N>_TSM*``), the HISTORY
   subtable, and -- when MODEL_DATA does not exist yet -- ``table.dat`` plus
-  new ``table.f<M>*`` files. ``ft(usescratch=False)`` rewrites the SOURCE
-  subtable (the virtual model) and HISTORY.
+  new ``table.f<M>*`` files. It also clears any virtual model ("Clearing all
+  model records in MS header"), so SOURCE is copied too.
+  ``ft(usescratch=False)`` rewrites the SOURCE subtable (the virtual model)
+  and HISTORY.
 * ``clearcal``: the files of MODEL_DATA and CORRECTED_DATA (creating them if
   needed), HISTORY, and SOURCE (the virtual model is cleared).
 * ``run_task(..., writes=[...])``: what the caller declares -- main-table

@@ -553,6 +553,8 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     caller = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(KILLED_PARENT), str(ms), str(complist)],
         cwd=tmp_path,
+        # A caller killed by SIGKILL cannot remove its job directory: keep it under tmp_path.
+        env={**os.environ, "TMPDIR": str(tmp_path)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
