@@ -102,9 +102,7 @@ def main() -> None:
         root = Path(tmp)
         print(f"building {count} simulated MSs under {root} ...")
         paths, complist = build_inputs(root, count)
-        params = [
-            {"vis": str(p), "complist": str(complist), "usescratch": True} for p in paths
-        ]
+        params = [{"vis": str(p), "complist": str(complist), "usescratch": True} for p in paths]
         engines: list[tuple[str, dict[str, Any]]] = [
             ("local, jobs=1", {"jobs": 1}),
             ("local, jobs=2", {"jobs": 2}),

@@ -9,6 +9,9 @@ the big ones are deleted afterwards) it times, in one run:
 * ``template``: ``casaguard.ft(mode="template")``, a fork of the warm template;
 * ``probe``: ``casaguard.probe`` (static), when this casaguard has it.
 
+Guarded calls run with ``journal=False``: this measures isolation alone; what
+the journal adds on top is ``bench_journal.py``'s figure.
+
 Methods are interleaved run by run (so other load on a shared machine slows
 each alike); the table shows the median and the minimum. Plus the cold first
 call (a fresh caller process, template start included), and the caller's RSS
@@ -82,7 +85,9 @@ def build(name: str, complist: Path) -> tuple[Path, int]:
     rows = casaguard.simulate_ms(path, timeout=3600, **SIZES[name])
     rows_file.write_text(str(rows))
     # One untimed ft creates MODEL_DATA, so every timed call does the same work.
-    casaguard.ft(vis=str(path), complist=str(complist), usescratch=True, mode="spawn")
+    casaguard.ft(
+        vis=str(path), complist=str(complist), usescratch=True, mode="spawn", journal=False
+    )
     print(f"built {path.name}: {rows} rows in {time.monotonic() - started:.0f} s", flush=True)
     return path, rows
 
@@ -139,7 +144,14 @@ def time_interleaved(
 
     def guarded(mode: str) -> float:
         started = time.perf_counter()
-        casaguard.ft(vis=str(path), complist=str(complist), usescratch=True, mode=mode, timeout=600)
+        casaguard.ft(
+            vis=str(path),
+            complist=str(complist),
+            usescratch=True,
+            mode=mode,
+            timeout=600,
+            journal=False,
+        )
         return time.perf_counter() - started
 
     methods = {
@@ -175,7 +187,9 @@ def time_cold(path: Path, complist: Path, runs: int) -> list[float]:
         import sys, time
         import casaguard
         started = time.perf_counter()
-        casaguard.ft(vis=sys.argv[1], complist=sys.argv[2], usescratch=True, timeout=600)
+        casaguard.ft(
+            vis=sys.argv[1], complist=sys.argv[2], usescratch=True, timeout=600, journal=False
+        )
         print("RESULT", time.perf_counter() - started)
         """
     )
@@ -197,14 +211,18 @@ def rss_loop(path: Path, complist: Path, calls: int) -> dict[str, Any]:
     me = psutil.Process()
     casaguard.warmup()
     for _ in range(5):
-        casaguard.ft(vis=str(path), complist=str(complist), usescratch=True, timeout=60)
+        casaguard.ft(
+            vis=str(path), complist=str(complist), usescratch=True, timeout=60, journal=False
+        )
     EVENTS.clear()
     before = me.memory_info().rss
     started = time.monotonic()
     failures: Counter[str] = Counter()
     for _ in range(calls):
         try:
-            casaguard.ft(vis=str(path), complist=str(complist), usescratch=True, timeout=60)
+            casaguard.ft(
+                vis=str(path), complist=str(complist), usescratch=True, timeout=60, journal=False
+            )
         except casaguard.CasaCrash as error:
             failures[error.kind] += 1
     elapsed = time.monotonic() - started

@@ -656,9 +656,7 @@ def _unjournaled_changes(root: Path, manifest: dict[str, Any]) -> list[str]:
 
 
 def _stat_tree(root: Path) -> dict[str, list[int] | None]:
-    return {
-        str(p.relative_to(root)): _stat(p) for p in root.rglob("*") if p.is_file()
-    }
+    return {str(p.relative_to(root)): _stat(p) for p in root.rglob("*") if p.is_file()}
 
 
 def _stat(path: Path) -> list[int] | None:

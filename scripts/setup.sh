@@ -17,7 +17,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv" >&2
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" >/dev/null
 echo "setup: installing casaguard and its test extras into .venv" >&2
 .venv/bin/python -m pip install -q -e '.[test]'
 echo "setup: done ($(.venv/bin/python -c 'import casaguard; print("casaguard", casaguard.__version__)'), $(wsclean --version 2>/dev/null | grep -m1 -o 'WSClean version [0-9.]*'))" >&2

@@ -86,8 +86,12 @@ def recorded_casa_log(name: str) -> str:
 @pytest.mark.parametrize(
     ("name", "kind", "signal_name", "detail"),
     [
-        ("wsclean_new_model_mixed_channels", "heap-corruption", "SIGABRT",
-         "free(): invalid next size (fast)"),
+        (
+            "wsclean_new_model_mixed_channels",
+            "heap-corruption",
+            "SIGABRT",
+            "free(): invalid next size (fast)",
+        ),
         (
             "wsclean_new_model_invalid_pointer",
             "invalid-pointer",
@@ -95,12 +99,20 @@ def recorded_casa_log(name: str) -> str:
             "free(): invalid pointer",
         ),
         ("wsclean_new_model_segv", "segfault", "SIGSEGV", "SIGSEGV (invalid memory access)"),
-        ("wsclean_existing_model_mixed_channels", "cxx-terminate", "SIGABRT",
-         "uncaught C++ casacore::TableArrayConformanceError: ArrayColumn::get for row 168 in "
-         "column "
-         "MODEL_DATA: Table array conformance error (shape=[4, 4], expected [4, 16])"),
-        ("clash_casacore_371_then_casatools", "segfault", "SIGSEGV",
-         "SIGSEGV (invalid memory access)"),
+        (
+            "wsclean_existing_model_mixed_channels",
+            "cxx-terminate",
+            "SIGABRT",
+            "uncaught C++ casacore::TableArrayConformanceError: ArrayColumn::get for row 168 in "
+            "column "
+            "MODEL_DATA: Table array conformance error (shape=[4, 4], expected [4, 16])",
+        ),
+        (
+            "clash_casacore_371_then_casatools",
+            "segfault",
+            "SIGSEGV",
+            "SIGSEGV (invalid memory access)",
+        ),
     ],
 )
 def test_recorded_wsclean_and_clash_crashes(

@@ -606,8 +606,11 @@ def test_two_guarded_writes_to_one_ms_never_interleave(
         errors: list[BaseException] = []
         start = threading.Barrier(2)
 
-        def crash(spec: runner.CallSpec = crash_spec, errors: list[BaseException] = errors,
-                  start: threading.Barrier = start) -> None:
+        def crash(
+            spec: runner.CallSpec = crash_spec,
+            errors: list[BaseException] = errors,
+            start: threading.Barrier = start,
+        ) -> None:
             start.wait()
             try:
                 runner.run(spec)

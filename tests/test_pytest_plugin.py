@@ -1,14 +1,18 @@
-"""The pytest plugin works in a fresh project that only installed casaguard.
+"""The pytest plugin works in a fresh project that only pip-installed casaguard.
 
+A new virtual environment gets casaguard by ``pip install`` of a wheel built
+from this checkout (no editable install, no PYTHONPATH); its dependencies
+(CASA is large) are borrowed read-only from this venv through a ``.pth`` line.
 A temporary project with one test file (no conftest, no plugin option) is run
-by pytest in a subprocess with this venv's python: the plugin must arrive
-through the ``pytest11`` entry point, and the outcomes and report text are
-checked from the JUnit XML and the terminal report.
+by that venv's pytest in a subprocess: the plugin must arrive through the
+``pytest11`` entry point, and the outcomes and report text are checked from
+the JUnit XML and the terminal report.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -96,19 +100,50 @@ EXPECTED = {
 }
 
 
+def fresh_venv(root: Path) -> Path:
+    """Make a venv with casaguard pip-installed from a wheel of this checkout; return its python."""
+    checkout = Path(casaguard.__file__).resolve().parent.parent
+    source = root / "source"
+    shutil.copytree(checkout / "casaguard", source / "casaguard")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(checkout / name, source / name)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = venv / "lib" / version / "site-packages"
+    borrowed = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+    (site_packages / "borrowed-deps.pth").write_text(borrowed + "\n")
+    # pip runs *in the fresh venv* (it is among the borrowed packages): it installs there and
+    # refuses to touch the borrowed casaguard, which lies outside that environment.
+    subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    return venv / "bin" / "python"
+
+
 @pytest.fixture(scope="module")
 def user_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], str]:
     """Run the user project once; return each test's outcome and pytest's terminal report."""
+    python = fresh_venv(tmp_path_factory.mktemp("fresh-venv"))
     project = tmp_path_factory.mktemp("user-project")
     (project / "test_crashes.py").write_text(textwrap.dedent(USER_TESTS))
     junit = project / "report.xml"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    # The package under test (this checkout) wins over the venv's install, as in our own runs;
-    # the plugin itself is found through the installed pytest11 entry point.
-    env["PYTHONPATH"] = str(Path(casaguard.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST") and k != "PYTHONPATH"}
     env["CASAGUARD_CRASH_DIR"] = str(project / "crashes")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}"],
+        [str(python), "-m", "pytest", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -127,6 +162,20 @@ def test_plugin_arrives_through_the_entry_point(user_run: tuple[dict[str, str], 
     """pytest lists casaguard among its plugins in a project that never named it."""
     _, report = user_run
     assert "casaguard-" in next(line for line in report.splitlines() if line.startswith("plugins:"))
+
+
+def test_the_fresh_venv_runs_the_installed_copy(tmp_path: Path) -> None:
+    """The fresh venv imports casaguard from its own site-packages, not from this checkout."""
+    python = fresh_venv(tmp_path)
+    where = subprocess.run(
+        [str(python), "-c", "import casaguard; print(casaguard.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        cwd=tmp_path,
+    ).stdout.strip()
+    assert where.startswith(str(tmp_path / "venv")), where
 
 
 def test_each_user_test_ends_as_designed(user_run: tuple[dict[str, str], str]) -> None:

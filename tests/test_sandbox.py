@@ -134,10 +134,17 @@ def test_crash_evidence_is_kept_after_the_temp_dir_is_gone(no_leaks: None) -> No
 
 
 def _run_parent(code: str, tmp_path: Path) -> subprocess.Popen[str]:
+    """Start a parent script whose job dirs go to ``tmp_path/jobs`` (checked by the tests)."""
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(code))
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
     return subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(jobs)},
     )
 
 
@@ -168,6 +175,7 @@ def test_ctrl_c_in_the_parent_kills_the_child(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=30)
     assert "interrupted" in out, err
     assert not _alive(child)
+    assert not list((tmp_path / "jobs").iterdir()), "Ctrl-C left a job dir behind"
 
 
 def test_parent_killed_hard_takes_the_child_along(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from conftest import DROP_ROOT_POWERS, casa_script, casacore_script
 
 import casaguard
 from casaguard._job import Ref
+from casaguard.corpus import casacore_clash_dir
 
 FT_WRITABLE_ERROR = "Please make sure MS is writable when using Imager::ft"
 
@@ -253,11 +255,16 @@ def test_ms_locked_by_another_process_names_the_holder(ms: Path, complist: Path)
     casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
 
 
+@pytest.mark.parametrize("casacore_version", ["installed", "3.7.1"])
 def test_user_script_importing_python_casacore_runs_clean(
-    ms: Path, complist: Path, tmp_path: Path
+    ms: Path, complist: Path, tmp_path: Path, casacore_version: str
 ) -> None:
-    """A script whose top level imports python-casacore can call casaguard.ft: the child never
-    re-runs that script, so CASA runs clean."""
+    """A script whose top level imports python-casacore (also 3.7.1, which crashes beside
+    casatools in one process) can call casaguard.ft: the child never re-runs the script."""
+    env = dict(os.environ)
+    if casacore_version != "installed":
+        # Only this script's process sees 3.7.1; the venv keeps its own python-casacore.
+        env["PYTHONPATH"] = os.pathsep.join([str(casacore_clash_dir()), env.get("PYTHONPATH", "")])
     script = tmp_path / "pipeline.py"
     script.write_text(
         textwrap.dedent(
@@ -278,11 +285,20 @@ def test_user_script_importing_python_casacore_runs_clean(
                 print("amplitude", casaguard.call(model_amplitude, {str(ms)!r}))
                 with table({str(ms)!r}, ack=False) as t:
                     print("rows", t.nrows())
+                import casacore
+                print("python-casacore", casacore.__version__)
             """
         )
     )
     result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert "amplitude 1.0" in result.stdout and "rows 168" in result.stdout
+    if casacore_version != "installed":
+        assert f"python-casacore {casacore_version}" in result.stdout
