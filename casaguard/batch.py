@@ -168,7 +168,7 @@ def map_probe(
         SetupError: this casaguard has no ``casaguard.probe``.
     """
     try:
-        probe = importlib.import_module("casaguard.probe").probe
+        probe = importlib.import_module("casaguard.preflight").probe
     except (ImportError, AttributeError) as error:
         raise SetupError(f"casaguard.probe is not available: {error}") from error
     run = functools.partial(probe, **probe_options) if probe_options else probe

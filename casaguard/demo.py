@@ -19,7 +19,7 @@ from casaguard import crashers
 from casaguard._job import Ref
 from casaguard.command import wsclean
 from casaguard.errors import CasaCrash
-from casaguard.probe import probe
+from casaguard.preflight import probe
 from casaguard.simulate import make_point_complist, simulate_ms
 from casaguard.tasks import call, clearcal, ft
 

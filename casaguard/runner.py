@@ -280,7 +280,11 @@ def _wait(
     try:
         while True:
             if pidfd is not None:
-                select.select([pidfd], [], [], _POLL_S)
+                wait_s = _POLL_S
+                if spec.timeout is not None:
+                    # Wake exactly at the deadline: a short timeout must not round up to a poll.
+                    wait_s = max(0.0, min(wait_s, started + spec.timeout - time.monotonic()))
+                select.select([pidfd], [], [], wait_s)
             status = handle.exit_status() if _gone(handle, pidfd) else None
             if status is not None:
                 return status, False, None
