@@ -54,7 +54,10 @@ What the template holds of the caller: nothing. It is started with
 ``sys.path``, no ``__main__`` re-run) and imports only casatools, casatasks
 and casaguard's child modules. It never imports python-casacore, and its
 forks refuse to (``ImportError``, ``CASACORE_IN_TEMPLATE``): they hold
-casatools, and the two must never share a process -- such calls need
+casatools, and the two must never share a process -- such calls use the
+second flavor of template, ``flavor="casacore"`` (``FLAVORS``): a process that
+imported python-casacore and refuses casatools, which serves the probe's static
+child (a fork instead of a fresh interpreter importing numpy and casacore), or
 ``mode="spawn"``. Each fork takes the caller's current environment and import
 path from the fork request and the caller's cwd from the job's request, so a
 call sees what a spawned child would (except variables CASA read at import).
@@ -79,6 +82,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -109,16 +113,51 @@ SCRATCH_PREFIX = "casaguard-template-"
 TEMPLATE_UNAVAILABLE = "the warm template cannot serve calls: {reason}"
 CASACORE_IN_TEMPLATE = (
     "python-casacore cannot be imported in a fork of the warm CASA template: casatools is "
-    "loaded there and the two must never share a process; run this call with mode='spawn'"
+    "loaded there and the two must never share a process; run this call with mode='spawn' "
+    "or flavor='casacore'"
 )
-_MODULES_TO_WARM = (
-    "casatools",
-    "casatasks",
-    "casaguard._child",
-    "casaguard._incasa.logs",
-    "casaguard._incasa.tasks",
-    "dill",
+CASA_IN_CASACORE_TEMPLATE = (
+    "casatools cannot be imported in a fork of the warm python-casacore template: the two "
+    "must never share a process; run this call with flavor='casa'"
 )
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """What one kind of template imports, and what its forks must never import."""
+
+    warm: tuple[str, ...]
+    refuse: tuple[str, ...]
+    refusal: str
+
+
+#: ``casa`` serves CASA tasks; ``casacore`` serves python-casacore code (the static
+#: probe). Each refuses the other's library: the two heap-clash in one process.
+FLAVORS: dict[str, Flavor] = {
+    "casa": Flavor(
+        warm=(
+            "casatools",
+            "casatasks",
+            "casaguard._child",
+            "casaguard._incasa.logs",
+            "casaguard._incasa.tasks",
+            "dill",
+        ),
+        refuse=("casacore",),
+        refusal=CASACORE_IN_TEMPLATE,
+    ),
+    "casacore": Flavor(
+        warm=(
+            "numpy",
+            "casacore.tables",
+            "casaguard._child",
+            "casaguard._incasacore.static",
+            "dill",
+        ),
+        refuse=("casatools", "casatasks"),
+        refusal=CASA_IN_CASACORE_TEMPLATE,
+    ),
+}
 
 
 class TemplateUnavailable(Exception):
@@ -131,8 +170,9 @@ class TemplateUnavailable(Exception):
 class _Template:
     """One running template process, seen from the caller; thread-safe."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], flavor: str = "casa") -> None:
         self.env = env
+        self.flavor = flavor
         self.site_config = env.get(casaenv.SITE_CONFIG_ENV, "")
         self.pid = 0
         self.failure = ""
@@ -244,7 +284,7 @@ class _Template:
         # -c rather than -m: the package __init__ imports this module, and runpy
         # would then run a second copy of it as __main__.
         command = [sys.executable, "-P", "-c", TEMPLATE_CODE]
-        command += [str(theirs.fileno()), str(os.getpid())]
+        command += [str(theirs.fileno()), str(os.getpid()), self.flavor]
         # casatools writes casa-<date>.log into its cwd at import, whatever the
         # site config says: give it a scratch dir (the template removes it once
         # warm), never the caller's cwd.
@@ -340,9 +380,10 @@ class TemplateLauncher:
 
     mode = "template"
 
-    def __init__(self, fallback: runner.Launcher, required: bool) -> None:
+    def __init__(self, fallback: runner.Launcher, required: bool, flavor: str = "casa") -> None:
         self.fallback = fallback
         self.required = required
+        self.flavor = flavor
 
     def start(self, job: _job.JobDir) -> runner.ChildHandle:
         """Fork the template for ``job`` (starting it if needed), or spawn.
@@ -355,7 +396,7 @@ class TemplateLauncher:
         # Twice: a template that died since the last call is replaced once.
         for _ in range(2):
             try:
-                template = _current_template(env)
+                template = _current_template(env, self.flavor)
             except TemplateUnavailable as error:
                 if self.required:
                     raise SetupError(TEMPLATE_UNAVAILABLE.format(reason=error)) from None
@@ -389,32 +430,33 @@ class TemplateLauncher:
 
 
 _lock = threading.Lock()
-_template: _Template | None = None
-_retry_at = 0.0
-_last_failure = ""
+#: flavor -> the running template, when to retry after a failed start, and why it failed.
+_templates: dict[str, _Template] = {}
+_retry_at: dict[str, float] = {}
+_last_failure: dict[str, str] = {}
 
 
-def _current_template(env: dict[str, str]) -> _Template:
-    """The running template, started (or restarted) if needed.
+def _current_template(env: dict[str, str], flavor: str = "casa") -> _Template:
+    """The running template of ``flavor``, started (or restarted) if needed.
 
     Raises:
         TemplateUnavailable: it cannot start, or failed to recently.
     """
-    global _template, _retry_at, _last_failure
     with _lock:
-        template = _template
+        template = _templates.get(flavor)
         site_config = env.get(casaenv.SITE_CONFIG_ENV, "")
         if template is not None and (template.dead or template.site_config != site_config):
             if not template.dead:
                 # CASA read its site config at import: a new one needs a new template.
                 log.info("template_restart", pid=template.pid, reason="CASASITECONFIG changed")
                 template.close()
-            _template = template = None
+            _templates.pop(flavor, None)
+            template = None
         if template is None:
-            if time.monotonic() < _retry_at:
-                raise TemplateUnavailable(_last_failure)
-            template = _template = _Template(env)
-            log.info("template_starting")
+            if time.monotonic() < _retry_at.get(flavor, 0.0):
+                raise TemplateUnavailable(_last_failure.get(flavor, ""))
+            template = _templates[flavor] = _Template(env, flavor)
+            log.info("template_starting", flavor=flavor)
     started = time.monotonic()
     if template.wait_ready(START_TIMEOUT_S):
         if not template.announced:
@@ -423,22 +465,27 @@ def _current_template(env: dict[str, str]) -> _Template:
             log.info("template_ready", pid=template.pid, wait_s=waited)
         return template
     with _lock:
-        if _template is template:
-            _template = None
-            _retry_at = time.monotonic() + RETRY_AFTER_S
-            _last_failure = template.failure
+        if _templates.get(flavor) is template:
+            del _templates[flavor]
+            _retry_at[flavor] = time.monotonic() + RETRY_AFTER_S
+            _last_failure[flavor] = template.failure
     template.close()
     raise TemplateUnavailable(template.failure)
 
 
-def launcher(fallback: runner.Launcher, required: bool = False) -> runner.Launcher:
+def launcher(
+    fallback: runner.Launcher, required: bool = False, flavor: str = "casa"
+) -> runner.Launcher:
     """The template launcher (``runner.choose_launcher`` calls this).
 
     Args:
         fallback: the launcher used when the template cannot serve a call.
         required: raise ``SetupError`` instead of falling back when it cannot start.
+        flavor: ``"casa"`` (casatools) or ``"casacore"`` (python-casacore); see FLAVORS.
     """
-    return TemplateLauncher(fallback, required)
+    if flavor not in FLAVORS:
+        raise SetupError(f"unknown template flavor {flavor!r}: use one of {sorted(FLAVORS)}")
+    return TemplateLauncher(fallback, required, flavor)
 
 
 def warmup(timeout: float = START_TIMEOUT_S) -> int | None:
@@ -466,26 +513,26 @@ def warmup(timeout: float = START_TIMEOUT_S) -> int | None:
     return template.pid
 
 
-def template_pid() -> int | None:
-    """The pid of the running template, or None."""
-    template = _template
+def template_pid(flavor: str = "casa") -> int | None:
+    """The pid of the running template of ``flavor``, or None."""
+    template = _templates.get(flavor)
     return template.pid if template is not None and not template.dead else None
 
 
 def shutdown() -> None:
-    """Stop the template (it also stops by itself when this process exits)."""
-    global _template, _retry_at
+    """Stop the templates (they also stop by themselves when this process exits)."""
     with _lock:
-        template, _template = _template, None
-        _retry_at = 0.0
-    if template is not None:
+        templates = list(_templates.values())
+        _templates.clear()
+        _retry_at.clear()
+    for template in templates:
         template.close()
 
 
 def _forget_after_fork() -> None:
-    # A fork of the caller must not share the control socket: it gets its own template.
-    global _template, _lock
-    _template = None
+    # A fork of the caller must not share the control sockets: it gets its own templates.
+    global _lock
+    _templates.clear()
     _lock = threading.Lock()
 
 
@@ -503,12 +550,15 @@ def _running(pid: int) -> bool:
 # -------------------------------------------------------------- template side
 
 
-class _RefuseCasacore(importlib.abc.MetaPathFinder):
-    """Make ``import casacore`` fail loudly in the template and its forks."""
+class _Refuse(importlib.abc.MetaPathFinder):
+    """Make imports of the other library fail loudly in a template and its forks."""
+
+    def __init__(self, flavor: Flavor) -> None:
+        self.flavor = flavor
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "casacore" or name.startswith("casacore."):
-            raise ImportError(CASACORE_IN_TEMPLATE, name=name)
+        if any(name == top or name.startswith(top + ".") for top in self.flavor.refuse):
+            raise ImportError(self.flavor.refusal, name=name)
         return None
 
 
@@ -596,12 +646,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Template entry point: ``python -P -c TEMPLATE_CODE CONTROL_FD PARENT_PID``."""
     args = sys.argv[1:] if argv is None else argv
     control_fd, parent = int(args[0]), int(args[1])
+    flavor = FLAVORS[args[2] if len(args) > 2 else "casa"]
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(0)  # the caller died before the signal was armed
     sock = socket.socket(fileno=control_fd)
-    sys.meta_path.insert(0, _RefuseCasacore())
-    for module in _MODULES_TO_WARM:
+    sys.meta_path.insert(0, _Refuse(flavor))
+    for module in flavor.warm:
         importlib.import_module(module)
     scratch = os.getcwd()
     os.chdir("/")  # never pin a directory; each fork goes to its caller's cwd

@@ -8,7 +8,7 @@
      |- path checks (probe_host)
      |- locks, write access, ownership:  stat + /proc, judged with the
      |  credentials the CASA child will have (probe_host, access)
-     |- static facts ----- call(casa=False) ---> python-casacore only, read-only,
+     |- static facts -- call(flavor=casacore) -> python-casacore only, read-only,
      |                                           lockoptions=usernoread
      |   a crash here = the MS kills casacore -> PROBE_CRASHED (fatal)
      |- rules: facts -> findings (probe_rules, pure); disk space
@@ -97,9 +97,9 @@ def _static(path: str, timeout: float | None) -> tuple[dict[str, Any], list[Find
             Ref("casaguard._incasacore.static", "inspect_ms"),
             path,
             casa=False,
-            # Always a fresh interpreter: a fork of the warm CASA template holds
-            # casatools, and python-casacore must never join it in one process.
-            mode="spawn",
+            # A fork of the python-casacore template: never the CASA template,
+            # whose forks hold casatools (the two must not share a process).
+            flavor="casacore",
             timeout=timeout or DEFAULT_STATIC_TIMEOUT_S,
         )
     except TaskTimeout as error:

@@ -95,6 +95,7 @@ class CallSpec:
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
     strict: bool = True
     mode: str | None = None
+    flavor: str = "casa"
     journal: Any = None
     launcher: Launcher | None = None
 
@@ -193,8 +194,12 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def choose_launcher(mode: str | None) -> Launcher:
-    """Pick the launcher for ``mode`` (argument, then ``$CASAGUARD_MODE``, then fastest)."""
+def choose_launcher(mode: str | None, flavor: str = "casa") -> Launcher:
+    """Pick the launcher for ``mode`` (argument, then ``$CASAGUARD_MODE``, then fastest).
+
+    ``flavor`` names the warm template: ``"casa"`` (casatools) or ``"casacore"``
+    (python-casacore only), for code that must never share a process with the other.
+    """
     chosen = (mode or os.environ.get(MODE_ENV) or "auto").lower()
     if chosen not in ("auto", "spawn", "template"):
         raise InvalidInput(f"unknown mode {chosen!r}: use 'spawn' or 'template'")
@@ -204,7 +209,9 @@ def choose_launcher(mode: str | None) -> Launcher:
         template = importlib.import_module("casaguard._template")
     except ImportError:
         return SpawnLauncher()
-    launcher: Launcher = template.launcher(fallback=SpawnLauncher(), required=chosen == "template")
+    launcher: Launcher = template.launcher(
+        fallback=SpawnLauncher(), required=chosen == "template", flavor=flavor
+    )
     return launcher
 
 
@@ -218,7 +225,7 @@ def run(spec: CallSpec) -> Any:
     """
     if spec.vis:
         _wait_for_lock(spec)
-    launcher = spec.launcher or choose_launcher(spec.mode)
+    launcher = spec.launcher or choose_launcher(spec.mode, spec.flavor)
     job = _job.JobDir()
     snapshot = None
     try:

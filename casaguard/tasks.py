@@ -214,6 +214,7 @@ def call(
     timeout: float | None = None,
     casa: bool = True,
     mode: str | None = None,
+    flavor: str = "casa",
     **kwargs: Any,
 ) -> Any:
     """Run ``func(*args, **kwargs)`` in a sandbox child and return its result.
@@ -226,6 +227,10 @@ def call(
         timeout: seconds before the child's tree is killed.
         casa: capture a CASA log for the call (imports casatools in the child).
         mode: ``"spawn"`` or ``"template"``.
+        flavor: which warm template forks the child: ``"casa"`` (casatools loaded;
+            python-casacore refused) or ``"casacore"`` (python-casacore loaded;
+            casatools refused). Use ``"casacore"`` with ``casa=False`` for
+            python-casacore code.
 
     Raises:
         ChildError: ``func`` raised; the remote traceback is ``__cause__``.
@@ -242,5 +247,6 @@ def call(
             setup_casa_log=casa,
             timeout=timeout,
             mode=mode,
+            flavor=flavor,
         )
     )

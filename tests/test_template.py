@@ -174,6 +174,29 @@ def test_forks_refuse_python_casacore(template: int, no_leaks: None) -> None:
     assert casaguard.call(use_casacore, casa=False, mode="spawn", timeout=120) == "casacore.tables"
 
 
+def test_casacore_flavor_forks_hold_casacore_and_refuse_casatools(no_leaks: None) -> None:
+    """A fork of the python-casacore template has casacore loaded, refuses casatools, and is
+    a different process tree from the CASA template."""
+
+    def loaded() -> tuple[bool, bool, int]:
+        import os
+        import sys
+
+        return "casacore.tables" in sys.modules, "casatools" in sys.modules, os.getppid()
+
+    def use_casatools() -> None:
+        import casatools  # noqa: F401
+
+    has_casacore, has_casatools, parent = casaguard.call(
+        loaded, casa=False, flavor="casacore", mode="template", timeout=120
+    )
+    assert has_casacore and not has_casatools
+    assert parent == _template.template_pid("casacore") != _template.template_pid("casa")
+    with pytest.raises(casaguard.ChildError) as caught:
+        casaguard.call(use_casatools, casa=False, flavor="casacore", mode="template", timeout=60)
+    assert caught.value.exc_message == _template.CASA_IN_CASACORE_TEMPLATE
+
+
 def test_mode_spawn_never_starts_a_template(monkeypatch: pytest.MonkeyPatch) -> None:
     """CASAGUARD_MODE=spawn makes calls (and warmup) use a fresh interpreter, with no template."""
     _template.shutdown()
