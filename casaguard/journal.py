@@ -79,6 +79,7 @@ import structlog
 
 from casaguard._job import Ref
 from casaguard.errors import LOCKED_MESSAGE, InvalidInput, JournalError, MsLocked
+from casaguard.msinput import require_ms
 
 if TYPE_CHECKING:
     from casaguard.runner import CallSpec
@@ -98,7 +99,6 @@ SPACE_MARGIN_BYTES = 64 * 1024
 #: How long a restore waits for another process's lock on the table.
 RESTORE_LOCK_WAIT_S = 10.0
 
-MISSING_MESSAGE = "{task}: {vis} does not exist"
 NOT_MS_MESSAGE = "{task}: {vis} is not a Measurement Set ({why})"
 READ_ONLY_MESSAGE = "{task}: {vis} is read-only ({path} is not writable{hint}); nothing was changed"
 READ_ONLY_TABLE_DAT_HINT = ": WSClean run as another user leaves table.dat owned by it"
@@ -146,11 +146,8 @@ def check_writable_ms(vis: str, *, task: str, writes: Sequence[str] = ()) -> Non
     Raises:
         InvalidInput: the path is missing, is not a Measurement Set, or is read-only.
     """
+    require_ms(vis)
     path = Path(vis)
-    if not path.exists():
-        raise InvalidInput(MISSING_MESSAGE.format(task=task, vis=vis))
-    if not path.is_dir() or not (path / "table.dat").is_file():
-        raise InvalidInput(NOT_MS_MESSAGE.format(task=task, vis=vis, why="no table.dat"))
     try:
         info = (path / "table.info").read_text(errors="replace")
     except OSError:

@@ -27,27 +27,13 @@ from casaguard import journal as _journal
 from casaguard import runner
 from casaguard._job import Ref
 from casaguard.errors import InvalidInput
+from casaguard.msinput import require_ms
 
 
 def _vis_path(vis: Any) -> str | None:
     if isinstance(vis, str) and vis:
         return os.path.abspath(vis)
     return None
-
-
-def require_ms(vis: Any) -> None:
-    """Reject a vis that cannot be an MS before paying for a child.
-
-    Raises:
-        InvalidInput: not a string path, missing, not a directory, or no ``table.dat``.
-    """
-    if not isinstance(vis, (str, os.PathLike)) or not os.fspath(vis):
-        raise InvalidInput(f"vis must be the path of a Measurement Set, got {vis!r}")
-    path = os.fspath(vis)
-    if not os.path.exists(path):
-        raise InvalidInput(f"{path}: no such Measurement Set (relative to {os.getcwd()})")
-    if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "table.dat")):
-        raise InvalidInput(f"{path}: not a Measurement Set (no table.dat)")
 
 
 def run_task(
