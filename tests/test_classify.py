@@ -160,3 +160,226 @@ def test_recorded_ft_writable_error_is_recognised_in_the_casa_log() -> None:
     found = classify.known_casa_error("\n".join(severe))
     assert found is not None
     assert found[0] == "Please make sure MS is writable when using Imager::ft"
+
+
+WILD = RECORDED / "wild"
+
+
+def wild(name: str) -> tuple[int, str]:
+    """A real crash text pasted into a public tracker: (status, text without its header)."""
+    lines = (WILD / f"{name}.txt").read_text().splitlines()
+    status = int(lines[1].removeprefix("# status: ").split()[0])
+    return status, "\n".join(line for line in lines if not line.startswith("# ")) + "\n"
+
+
+# (file under tests/data/stderr/wild/, kind, detail, allocator or None)
+WILD_CASES = [
+    (
+        "gw_1_libcxxabi_terminating_with",
+        "cxx-terminate",
+        "uncaught C++ std::logic_error: No such argument: --images",
+        None,
+    ),
+    (
+        "genesis4_134_libcxxabi_terminating_due_to",
+        "cxx-terminate",
+        "uncaught C++ std::out_of_range: vector",
+        None,
+    ),
+    (
+        "sipi_158_libcxxabi_dylib",
+        "cxx-terminate",
+        "uncaught C++ std::length_error: basic_string",
+        None,
+    ),
+    ("essentia_47_libcxxabi_dylib_old_apple", "cxx-terminate", "uncaught C++ exception", None),
+    (
+        "blocksci_141_libcxxabi_type_on_next_line",
+        "cxx-terminate",
+        "uncaught C++ NextQueueFinishedEarlyException: Next queue finished early",
+        None,
+    ),
+    (
+        "mamba_448_libcxxabi_zsh_job",
+        "cxx-terminate",
+        "uncaught C++ std::runtime_error: pybind11_object_dealloc(): Tried to deallocate "
+        "unregistered instance!",
+        None,
+    ),
+    (
+        "casacore_814_libstdcxx_system_error",
+        "cxx-terminate",
+        "uncaught C++ std::system_error: Unknown error -1",
+        None,
+    ),
+    (
+        "sep_38_libmalloc_not_allocated",
+        "invalid-pointer",
+        "pointer being freed was not allocated",
+        "libmalloc",
+    ),
+    (
+        "astroariadne_24_libmalloc_prefixed_hint",
+        "invalid-pointer",
+        "pointer being freed was not allocated",
+        "libmalloc",
+    ),
+    (
+        "astropy_2361_libmalloc_checksum",
+        "heap-corruption",
+        "incorrect checksum for freed object - object was probably modified after being freed.",
+        "libmalloc",
+    ),
+    (
+        "gapsafe_sgl_1_libmalloc_checksum_zsh",
+        "heap-corruption",
+        "incorrect checksum for freed object - object was probably modified after being freed.",
+        "libmalloc",
+    ),
+    (
+        "tilemill_244_libmalloc_wrapped_line",
+        "heap-corruption",
+        "incorrect checksum for freed object - object was probably modified after being freed.",
+        "libmalloc",
+    ),
+    ("node_mapnik_52_libmalloc_double_free", "double-free", "double free", "libmalloc"),
+    (
+        "jemalloc_2353_size_mismatch",
+        "heap-corruption",
+        "<jemalloc>: size mismatch detected (true size 0 vs input size 0), likely caused by "
+        "application sized deallocation bugs (source address: 0x7fffe6413810, the current "
+        "pointer being freed). Suggest building with --enable-debug or address sanitizer for "
+        "debugging. Abort.",
+        "jemalloc",
+    ),
+    (
+        "jemalloc_740_failed_assertion",
+        "heap-corruption",
+        '<jemalloc>: src/jemalloc.c:2648: Failed assertion: "usize == isalloc(tsd_tsdn(tsd), ptr)"',
+        "jemalloc",
+    ),
+    (
+        "flux_core_5479_tcmalloc_invalid_pointer",
+        "invalid-pointer",
+        "Attempt to free invalid pointer 0x55e2188ad780",
+        "tcmalloc",
+    ),
+    (
+        "gperftools_212_tcmalloc_old_colon",
+        "invalid-pointer",
+        "Attempt to free invalid pointer: 0x101001600",
+        "tcmalloc",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "detail", "allocator"), WILD_CASES)
+def test_wild_crash_text_classifies_to_its_kind_and_own_line(
+    name: str, kind: str, detail: str, allocator: str | None
+) -> None:
+    """A real crash text from a public tracker gives its runtime's kind, line and allocator."""
+    status, text = wild(name)
+    verdict = classify.classify(status, text)
+    assert (verdict.kind, verdict.signal, verdict.detail) == (kind, "SIGABRT", detail)
+    assert verdict.extra.get("allocator") == allocator
+
+
+def test_every_wild_record_is_tested_and_says_where_it_came_from() -> None:
+    """Each file under wild/ names its public source and status, and a test above reads it."""
+    tested = {case[0] for case in WILD_CASES} | {
+        "aces_reduction_78_openmpi_cxx_terminate",
+        "lean3_1386_libcxxabi_macos",
+        "lean3_1386_libstdcxx_gentoo",
+    }
+    for path in WILD.glob("*.txt"):
+        source, status = path.read_text().splitlines()[:2]
+        assert source.startswith("# from: https://github.com/"), path.name
+        assert status.startswith("# status: -6 "), path.name
+        assert path.stem in tested, path.name
+
+
+def test_every_allocator_in_the_table_is_met_in_real_text() -> None:
+    """Every allocator the heap table knows classifies at least one real recorded crash."""
+    seen = {case[3] for case in WILD_CASES}
+    for name in ("double_free_out", "tcmalloc_invalid_pointer"):
+        status, stderr = recorded(name)
+        seen.add(classify.classify(status, stderr).extra.get("allocator"))
+    assert {allocator for allocator, _, _ in classify.HEAP_FAMILIES} <= seen
+
+
+ACES_DETAIL = (
+    "uncaught C++ casa6core::AipsError: RegularFile: /orange/adamginsburg/ACES/rawdata/"
+    "2021.1.00172.L/science_goal.uid___A001_X1590_X30a8/group.uid___A001_X1590_X30a9/"
+    "member.uid___A001_X15a0_X192/calibrated/working/uid___A001_X15a0_X192.s11_0.Sgr_A_star_sci."
+    "spw16_18_20_22_24_26.cont.I.iter1.residual.tt0/table .f0 does not exist and cannot be created"
+)
+
+
+def test_openmpi_crash_handler_banner_is_not_the_detail() -> None:
+    """After a real uncaught AipsError, OpenMPI's [host:pid] banner stays out of the detail."""
+    status, text = wild("aces_reduction_78_openmpi_cxx_terminate")
+    verdict = classify.classify(status, text)
+    assert (verdict.kind, verdict.detail) == ("cxx-terminate", ACES_DETAIL)
+
+
+def test_same_crash_on_two_hosts_has_one_signature() -> None:
+    """The real OpenMPI-wrapped crash, replayed with another host, pid and rank tags, hashes alike.
+
+    The second text is the recorded one with only its host:pid tag replaced and
+    OpenMPI's ``--tag-output`` rank prefix added to every line.
+    """
+    status, text = wild("aces_reduction_78_openmpi_cxx_terminate")
+    other_node = "".join(
+        f"[1,3]<stderr>:{line}\n"
+        for line in text.replace("[c0709a-s7:53998]", "[gpu-node-17:4242]").splitlines()
+    )
+    first, second = classify.classify(status, text), classify.classify(status, other_node)
+    assert other_node != text
+    assert (first.kind, first.detail) == (second.kind, second.detail)
+    assert first.signature == second.signature
+
+
+def test_signature_drops_hosts_pids_timestamps_and_paths() -> None:
+    """Details that differ only by host:pid, libmalloc prog(pid), time or path share a signature."""
+    pairs = [
+        ("[c0709a-s7:53998] Signal: Aborted (6)", "[node-a:17] Signal: Aborted (6)"),
+        (
+            "python(40487,0x7fff79a9d000) malloc: pointer being freed was not allocated",
+            "Python(154,0x10181edc0) malloc: pointer being freed was not allocated",
+        ),
+        ("2021-12-08 21:10:43.541224 died", "2026-01-02 03:04:05 died"),
+        ("RegularFile: /data/a/x.ms/table.f0", "RegularFile: /scratch/job9/y.ms/table.f0"),
+        ("PID 56418 RUNNING AT bb86", "PID 17 RUNNING AT compute-3"),
+    ]
+    for a, b in pairs:
+        assert classify.signature("abort", a) == classify.signature("abort", b), (a, b)
+    assert classify.signature("abort", "a died") != classify.signature("abort", "b died")
+
+
+def test_same_crash_under_libcxxabi_and_libstdcxx_has_one_signature() -> None:
+    """One real crash, pasted from macOS (libc++abi) and gentoo (libstdc++), gives one signature."""
+    mac = classify.classify(*wild("lean3_1386_libcxxabi_macos"))
+    linux = classify.classify(*wild("lean3_1386_libstdcxx_gentoo"))
+    assert mac.kind == linux.kind == "cxx-terminate"
+    assert mac.detail == linux.detail == "uncaught C++ std::exception: std::exception"
+    assert mac.signature == linux.signature
+
+
+def test_recorded_libcxxabi_terminate_reads_like_libstdcxx() -> None:
+    """Debian's real libc++abi abort gives the type and what() in the libstdc++ wording."""
+    status, stderr = recorded("libcxxabi_terminate")
+    assert "libc++abi: terminating with uncaught exception of type std::runtime_error" in stderr
+    verdict = classify.classify(status, stderr)
+    assert verdict.detail == "uncaught C++ std::runtime_error: casaguard crash corpus"
+
+
+def test_recorded_tcmalloc_checks_name_tcmalloc() -> None:
+    """tcmalloc's real invalid free and real double free carry tcmalloc's own line."""
+    status, stderr = recorded("tcmalloc_invalid_pointer")
+    verdict = classify.classify(status, stderr)
+    assert verdict.detail.startswith("Attempt to free invalid pointer 0x")
+    assert verdict.extra == {"allocator": "tcmalloc"}
+    status, stderr = recorded("tcmalloc_double_free")
+    verdict = classify.classify(status, stderr)
+    assert verdict.detail.startswith("memory allocation bug: object at 0x")
+    assert verdict.detail.endswith("has been already deallocated")
