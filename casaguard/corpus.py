@@ -8,6 +8,9 @@ tests run them as a table. Families:
 
 * ``glibc-*``, ``segfault``, ``cxx-terminate``... -- the primitives of
   ``casaguard.crashers`` (real heap checks on really corrupted chunks).
+* ``libcxxabi-*``, ``tcmalloc-*`` -- the other runtimes Linux can really run:
+  LLVM's libc++abi terminate handler (CASA and casacore on macOS print the
+  same) and gperftools' tcmalloc heap checks, from Debian's libraries.
 * ``casa-*`` -- CASA's own failures on simulated MSs: permissions (run under
   ``setpriv`` so that root obeys file modes), a silent SEVERE, the field
   report's CASA-error-then-abort sequence.
@@ -65,7 +68,8 @@ class Reproducer:
         reproduce: runs the guarded work in ``Workspace``; raises a CasaCrash.
         text: a string that must appear in the crash's detail, casa_error,
             SEVERE lines or stderr tail (the evidence is the right one).
-        needs: what it needs besides Python: ``"casa"``, ``"wsclean"``.
+        needs: what it needs besides Python: ``"casa"``, ``"wsclean"``, or a
+            Debian library package (``"libc++1-14"``, ``"libtcmalloc-minimal4"``).
     """
 
     name: str
@@ -386,8 +390,35 @@ def _reproducers() -> tuple[Reproducer, ...]:
             text="std::length_error",
         ),
         Reproducer(
+            "libcxxabi-terminate",
+            "an uncaught C++ exception under LLVM's libc++abi (CASA on macOS, any clang/libc++ "
+            "build) is cxx-terminate with its type and what(), worded as under libstdc++",
+            ("cxx-terminate",),
+            _primitive(crashers.libcxxabi_terminate),
+            text="uncaught C++ std::runtime_error: casaguard crash corpus",
+            needs=("libc++1-14",),
+        ),
+        Reproducer(
+            "tcmalloc-invalid-pointer",
+            "tcmalloc's free() of a block it never allocated prints `Attempt to free invalid "
+            "pointer` and aborts; casaguard names it invalid-pointer, as glibc's",
+            ("invalid-pointer",),
+            _primitive(crashers.tcmalloc_invalid_pointer),
+            text="Attempt to free invalid pointer 0x",
+            needs=("libtcmalloc-minimal4",),
+        ),
+        Reproducer(
+            "tcmalloc-double-free",
+            "tcmalloc's debug allocator names a second free() of one block (`has been already "
+            "deallocated`) and aborts; casaguard names it double-free, as glibc's",
+            ("double-free",),
+            _primitive(crashers.tcmalloc_double_free),
+            text="has been already deallocated",
+            needs=("libtcmalloc-minimal4",),
+        ),
+        Reproducer(
             "abort",
-            "a bare abort() without a glibc or C++ message is still a classified AbortCrash",
+            "a bare abort() without a heap-check or C++ message is still a classified AbortCrash",
             ("abort",),
             _primitive(crashers.abort),
         ),
