@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
 
 from casaguard import classify
 from casaguard.crashers import CRASHERS
+from casaguard.errors import EXCEPTION_FOR_KIND
 
 RECORDED = Path(__file__).parent / "data" / "stderr"
 SIGNAL_CRASHERS = [name for name, (_, _, sig) in CRASHERS.items() if sig]
@@ -383,3 +386,78 @@ def test_recorded_tcmalloc_checks_name_tcmalloc() -> None:
     verdict = classify.classify(status, stderr)
     assert verdict.detail.startswith("memory allocation bug: object at 0x")
     assert verdict.detail.endswith("has been already deallocated")
+
+
+DOC = Path(__file__).parent.parent / "docs" / "crash-kinds.md"
+PACKAGE = Path(classify.__file__).parent
+
+
+def documented_kinds() -> set[str]:
+    """The kinds in the first column of docs/crash-kinds.md's kind table."""
+    text = DOC.read_text()
+    table = text[text.index("| kind | exception |") : text.index("## Detail")]
+    kinds = set()
+    for row in table.splitlines()[2:]:
+        if row.startswith("|"):
+            kinds.update(re.findall(r"`([a-z-]+)`", row.split("|")[1]))
+    return kinds
+
+
+def kinds_in_code() -> set[str]:
+    """Every kind string the package can put on a verdict or a crash, found in its source.
+
+    Reads ``kind = "..."`` / ``kind="..."`` (also as either branch of ``a if c else b``),
+    the first argument of ``verdict(...)``, the first element of the tuples that
+    ``classify._crash_kind_detail`` returns, and the kinds of classify's and errors' tables.
+    """
+    found: set[str] = set()
+
+    def strings(node: ast.expr | None) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, ast.IfExp):
+            return strings(node.body) + strings(node.orelse)
+        return []
+
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(
+                    isinstance(t, (ast.Name, ast.Attribute)) and _name(t) == "kind" for t in targets
+                ):
+                    found.update(strings(node.value))
+            elif isinstance(node, ast.keyword) and node.arg == "kind":
+                found.update(strings(node.value))
+            elif isinstance(node, ast.Call) and _name(node.func) == "verdict" and node.args:
+                found.update(strings(node.args[0]))
+            elif isinstance(node, ast.FunctionDef) and node.name == "_crash_kind_detail":
+                for ret in ast.walk(node):
+                    if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Tuple):
+                        found.update(strings(ret.value.elts[0]))
+    found.update(kind for _, kind, _ in classify.HEAP_FAMILIES)
+    found.update(classify._SIGNAL_KINDS.values())
+    found.update(EXCEPTION_FOR_KIND)
+    return found
+
+
+def _name(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    return node.attr if isinstance(node, ast.Attribute) else ""
+
+
+def test_every_kind_in_code_is_documented() -> None:
+    """Each kind the package can produce, `signal` included, is a row of docs/crash-kinds.md."""
+    in_code = kinds_in_code()
+    assert {"signal", "ok", "locked", "exit", "cxx-terminate"} <= in_code  # the scan sees them
+    assert in_code <= documented_kinds(), in_code - documented_kinds()
+    assert documented_kinds() <= in_code, documented_kinds() - in_code
+
+
+@pytest.mark.parametrize(("status", "kind"), [(-15, "signal"), (-4, "signal"), (3, "exit")])
+def test_other_signals_and_exits_have_their_documented_kind(status: int, kind: str) -> None:
+    """SIGTERM and SIGILL are kind `signal`, a bare non-zero exit is `exit`, as documented."""
+    assert classify.classify(status, "").kind == kind
+    assert kind in documented_kinds()
