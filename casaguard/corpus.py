@@ -8,9 +8,10 @@ tests run them as a table. Families:
 
 * ``glibc-*``, ``segfault``, ``cxx-terminate``... -- the primitives of
   ``casaguard.crashers`` (real heap checks on really corrupted chunks).
-* ``libcxxabi-*``, ``tcmalloc-*`` -- the other runtimes Linux can really run:
-  LLVM's libc++abi terminate handler (CASA and casacore on macOS print the
-  same) and gperftools' tcmalloc heap checks, from Debian's libraries.
+* ``libcxxabi-*``, ``tcmalloc-*``, ``musl-*`` -- the other runtimes Linux can
+  really run: LLVM's libc++abi terminate handler (CASA and casacore on macOS
+  print the same), gperftools' tcmalloc heap checks, and musl's silent heap
+  crash, from Debian's packages.
 * ``casa-*`` -- CASA's own failures on simulated MSs: permissions (run under
   ``setpriv`` so that root obeys file modes), a silent SEVERE, the field
   report's CASA-error-then-abort sequence.
@@ -329,6 +330,22 @@ def _casacore_clash(workspace: Workspace) -> Any:
     )
 
 
+def _musl_double_free(workspace: Workspace) -> Any:
+    source = workspace.path("musl-double-free.c")
+    source.write_text(crashers.MUSL_DOUBLE_FREE_C)
+    binary = workspace.path("musl-double-free")
+    built = subprocess.run(
+        ["musl-gcc", "-O0", "-o", str(binary), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if built.returncode != 0:
+        raise InvalidInput(f"musl-gcc cannot build the reproducer: {built.stderr.strip()[-500:]}")
+    return command.run_command([str(binary)], timeout=60)
+
+
 def _reproducers() -> tuple[Reproducer, ...]:
     glibc = [
         (
@@ -415,6 +432,15 @@ def _reproducers() -> tuple[Reproducer, ...]:
             _primitive(crashers.tcmalloc_double_free),
             text="has been already deallocated",
             needs=("libtcmalloc-minimal4",),
+        ),
+        Reproducer(
+            "musl-double-free",
+            "musl's malloc turns a double free into a silent a_crash() (SIGSEGV on x86_64); "
+            "casaguard names it segfault although there is no message to match",
+            ("segfault",),
+            _musl_double_free,
+            text="SIGSEGV (invalid memory access)",
+            needs=("musl-tools", "gcc"),
         ),
         Reproducer(
             "abort",

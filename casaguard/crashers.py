@@ -34,6 +34,18 @@ LIBCXX = "libc++.so.1"
 #: gperftools' tcmalloc (libtcmalloc-minimal4) and its checking debug build.
 TCMALLOC = "libtcmalloc_minimal.so.4"
 TCMALLOC_DEBUG = "libtcmalloc_minimal_debug.so.4"
+#: A C program that frees one block twice, for musl (built with ``musl-gcc``):
+#: mallocng's checks are ``assert(x) -> a_crash()`` (src/malloc/mallocng/glue.h),
+#: which prints nothing and on x86_64 executes ``hlt``: the kernel sends SIGSEGV.
+MUSL_DOUBLE_FREE_C = """#include <stdlib.h>
+int main(void)
+{
+    void *volatile block = malloc(64);
+    free(block);
+    free(block);
+    return 0;
+}
+"""
 
 
 def _libc() -> ctypes.CDLL:

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Set up casaguard on a fresh machine: a venv in .venv with the package and its
 # test extras, and from Debian WSClean (the end-to-end tests run it for real)
-# plus libc++ and tcmalloc (the crash corpus dies in them for real).
+# plus libc++, tcmalloc and musl-gcc (the crash corpus dies in them for real).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The Debian packages the tests run for real: WSClean, and the C++ runtime and
-# allocator the crash corpus dies in (LLVM libc++/libc++abi, gperftools tcmalloc).
+# allocators the crash corpus dies in (LLVM libc++/libc++abi, gperftools tcmalloc,
+# musl through musl-gcc).
 missing=""
 if ! command -v wsclean >/dev/null 2>&1; then missing="wsclean"; fi
-for package in libc++1-14 libc++abi1-14 libtcmalloc-minimal4; do
+for package in libc++1-14 libc++abi1-14 libtcmalloc-minimal4 musl-tools gcc; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed"; then
         missing="$missing $package"
     fi

@@ -461,3 +461,15 @@ def test_other_signals_and_exits_have_their_documented_kind(status: int, kind: s
     """SIGTERM and SIGILL are kind `signal`, a bare non-zero exit is `exit`, as documented."""
     assert classify.classify(status, "").kind == kind
     assert kind in documented_kinds()
+
+
+def test_recorded_musl_double_free_is_a_silent_segfault() -> None:
+    """musl's real double free prints nothing and dies of SIGSEGV: kind segfault, no allocator."""
+    status, stderr = recorded("musl_double_free")
+    assert (status, stderr) == (-11, "")
+    verdict = classify.classify(status, stderr)
+    assert (verdict.kind, verdict.detail, verdict.extra) == (
+        "segfault",
+        "SIGSEGV (invalid memory access)",
+        {},
+    )
