@@ -140,11 +140,6 @@ HEAP_FAMILIES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ),
 )
 
-#: The glibc rows of HEAP_FAMILIES as (kind, pattern), for callers of the old name.
-GLIBC_FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (kind, pattern) for allocator, kind, pattern in HEAP_FAMILIES if allocator == "glibc"
-)
-
 #: Old glibc wrapped its message: ``*** Error in `prog': MSG: 0xADDR ***`` (2.11-2.25)
 #: or ``*** glibc detected *** prog: MSG: 0xADDR ***`` (before 2.11).
 _OLD_GLIBC_WRAPPERS = (
