@@ -68,7 +68,8 @@ HEAP_FAMILIES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
         "libmalloc",
         "double-free",
         re.compile(
-            rf"double free for ptr {_ADDR}|pointer {_ADDR} being freed already on death-row"
+            rf"double free for ptr {_ADDR}|Double free of object {_ADDR}"
+            rf"|pointer {_ADDR} being freed already on death-row"
             rf"|error for object {_ADDR}: (?P<msg>double free)\b"
         ),
     ),

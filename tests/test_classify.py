@@ -196,6 +196,8 @@ WILD_CASES = [
         None,
     ),
     ("essentia_47_libcxxabi_dylib_old_apple", "cxx-terminate", "uncaught C++ exception", None),
+    ("ios_ruby_embedded_12_libcxxabi_type_without_what", "cxx-terminate", "uncaught C++ int", None),
+    ("openexr_685_libcxxabi_pure_virtual", "cxx-terminate", "pure virtual function called", None),
     (
         "blocksci_141_libcxxabi_type_on_next_line",
         "cxx-terminate",
