@@ -563,41 +563,32 @@ def classify(
 def _crash_kind(
     exit_code: int | None, sig: str | None, stderr: str, oom_killed: bool
 ) -> tuple[str, str, dict[str, str]]:
-    kind, detail = _crash_kind_detail(exit_code, sig, stderr, oom_killed)
-    heap = heap_check(stderr) if kind in _HEAP_KINDS or kind == "segfault" else None
-    return kind, detail, ({"allocator": heap[0]} if heap else {})
-
-
-_HEAP_KINDS = frozenset(kind for _, kind, _ in HEAP_FAMILIES)
-
-
-def _crash_kind_detail(
-    exit_code: int | None, sig: str | None, stderr: str, oom_killed: bool
-) -> tuple[str, str]:
+    """(kind, detail, facts) of a child that died; facts name the allocator of a heap check."""
     if sig is None:
-        return "exit", f"exited with {describe_status(exit_code)} and no reply"
+        return "exit", f"exited with {describe_status(exit_code)} and no reply", {}
+    # Heap checks abort; a segfault can follow a heap check that only warned.
+    heap = heap_check(stderr) if sig in ("SIGABRT", "SIGSEGV", "SIGBUS") else None
+    facts = {"allocator": heap[0]} if heap else {}
     if sig == "SIGABRT":
-        heap = heap_message(stderr)
         if heap:
-            return heap
+            return heap[1], heap[2], facts
         terminate = terminate_message(stderr)
         if terminate:
-            return "cxx-terminate", terminate
+            return "cxx-terminate", terminate, {}
         assertion = _ASSERTION.search(stderr)
         if assertion:
-            return "abort", assertion.group(0).strip()
-        return "abort", "abort() without a heap-check or C++ message"
+            return "abort", assertion.group(0).strip(), {}
+        return "abort", "abort() without a heap-check or C++ message", {}
     if sig in _SIGNAL_KINDS:
         kind = _SIGNAL_KINDS[sig]
         if kind == "killed":
             if oom_killed:
-                return kind, "killed by the kernel's OOM killer (cgroup oom_kill rose)"
-            return kind, "killed by SIGKILL that casaguard did not send"
-        heap = heap_message(stderr)  # a segfault right after a glibc warning
-        if heap:
-            return kind, f"{sig} after {heap[1]}"
-        return kind, f"{sig} (invalid memory access)"
-    return "signal", f"killed by {sig}"
+                return kind, "killed by the kernel's OOM killer (cgroup oom_kill rose)", {}
+            return kind, "killed by SIGKILL that casaguard did not send", {}
+        if heap:  # a segfault right after a heap check's warning
+            return kind, f"{sig} after {heap[2]}", facts
+        return kind, f"{sig} (invalid memory access)", {}
+    return "signal", f"killed by {sig}", {}
 
 
 def crash_message(

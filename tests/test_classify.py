@@ -410,7 +410,7 @@ def kinds_in_code() -> set[str]:
 
     Reads ``kind = "..."`` / ``kind="..."`` (also as either branch of ``a if c else b``),
     the first argument of ``verdict(...)``, the first element of the tuples that
-    ``classify._crash_kind_detail`` returns, and the kinds of classify's and errors' tables.
+    ``classify._crash_kind`` returns, and the kinds of classify's and errors' tables.
     """
     found: set[str] = set()
 
@@ -434,7 +434,7 @@ def kinds_in_code() -> set[str]:
                 found.update(strings(node.value))
             elif isinstance(node, ast.Call) and _name(node.func) == "verdict" and node.args:
                 found.update(strings(node.args[0]))
-            elif isinstance(node, ast.FunctionDef) and node.name == "_crash_kind_detail":
+            elif isinstance(node, ast.FunctionDef) and node.name == "_crash_kind":
                 for ret in ast.walk(node):
                     if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Tuple):
                         found.update(strings(ret.value.elts[0]))
