@@ -119,12 +119,14 @@ class Result:
 
 
 _WORKSPACE_NAME = re.compile(r"casaguard-corpus-[A-Za-z0-9_]+")
+#: tcmalloc and libmalloc name the block's address (``Attempt to free invalid pointer 0x...``).
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 
 
 def _stable(text: str) -> str:
-    """The first line of ``text``, without the workspace's random directory name."""
+    """The first line of ``text``, without the workspace's random name or heap addresses."""
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return _WORKSPACE_NAME.sub("casaguard-corpus-*", first)
+    return _ADDRESS.sub("0x?", _WORKSPACE_NAME.sub("casaguard-corpus-*", first))
 
 
 @dataclass

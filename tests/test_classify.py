@@ -475,3 +475,11 @@ def test_recorded_musl_double_free_is_a_silent_segfault() -> None:
         "SIGSEGV (invalid memory access)",
         {},
     )
+
+
+def test_tcmalloc_invalid_free_here_and_in_the_wild_has_one_signature() -> None:
+    """tcmalloc's real invalid free here and the one pasted in flux-core#5479 hash alike."""
+    here = classify.classify(*recorded("tcmalloc_invalid_pointer"))
+    there = classify.classify(*wild("flux_core_5479_tcmalloc_invalid_pointer"))
+    assert here.detail != there.detail  # another address, another machine
+    assert (here.kind, here.signature) == (there.kind, there.signature)
