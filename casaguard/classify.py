@@ -196,7 +196,12 @@ HANDLER_NOISE: tuple[re.Pattern[str], ...] = (
 #: Per-line prefixes of MPI launchers: OpenMPI ``--tag-output`` (``[1,0]<stderr>:``),
 #: MPICH ``-prepend-rank`` (``[0] ``) and Slurm ``srun --label`` (``0: ``).
 _RANK_PREFIX = re.compile(r"^(?:\[\d+,\d+\]<std(?:err|out)>:\s?|\[\d+\] (?!\s)|\s*\d+: (?!\s))")
-_ASSERTION = re.compile(r"[^\n]*Assertion `[^\n]*' failed\.")
+#: A failed assert(): glibc's assert/assert.c ``prog: file:line: func: Assertion `x' failed.``
+#: and musl's src/exit/assert.c ``Assertion failed: x (file: func: line)``.
+_ASSERTION = re.compile(r"[^\n]*Assertion `[^\n]*' failed\.|Assertion failed: [^\n]+ \([^)\n]*\)")
+#: glibc's debug/fortify_fail.c: ``*** buffer overflow detected ***: terminated`` (2.33+;
+#: ``*** %s ***: %s terminated`` with the program before), also for stack smashing.
+_FORTIFY = re.compile(r"\*\*\* (?P<msg>[a-z][^*\n]*? detected) \*\*\*: (?:\S+ )?terminated")
 
 #: CASA error texts we know, with the cause to tell the user.
 KNOWN_CASA_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -575,6 +580,9 @@ def _crash_kind(
         terminate = terminate_message(stderr)
         if terminate:
             return "cxx-terminate", terminate, {}
+        fortify = _FORTIFY.search(stderr)
+        if fortify:
+            return "abort", fortify.group("msg"), {}
         assertion = _ASSERTION.search(stderr)
         if assertion:
             return "abort", assertion.group(0).strip(), {}

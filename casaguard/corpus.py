@@ -451,6 +451,14 @@ def _reproducers() -> tuple[Reproducer, ...]:
             _primitive(crashers.abort),
         ),
         Reproducer(
+            "glibc-fortify-buffer-overflow",
+            "glibc's _FORTIFY_SOURCE check prints `*** buffer overflow detected ***: terminated` "
+            "and aborts; casaguard's abort carries that line, not a bare abort()",
+            ("abort",),
+            _primitive(crashers.buffer_overflow_detected),
+            text="buffer overflow detected",
+        ),
+        Reproducer(
             "sigkill",
             "a SIGKILL casaguard did not send (the OOM killer's signal) becomes Killed",
             ("killed",),

@@ -212,6 +212,13 @@ def tcmalloc_double_free() -> None:
     tcmalloc.free(pointer)
 
 
+def buffer_overflow_detected() -> None:
+    """Fail a _FORTIFY_SOURCE check: glibc prints ``*** buffer overflow detected ***:
+    terminated`` and aborts, as a fortified C library does on an overlong copy.
+    """
+    _libc().__chk_fail()
+
+
 def abort() -> None:
     """Call abort(3) with no message: a bare SIGABRT."""
     _libc().abort()
@@ -267,6 +274,7 @@ CRASHERS = {
     "tcmalloc_invalid_pointer": (tcmalloc_invalid_pointer, "invalid-pointer", "SIGABRT"),
     "tcmalloc_double_free": (tcmalloc_double_free, "double-free", "SIGABRT"),
     "abort": (abort, "abort", "SIGABRT"),
+    "buffer_overflow_detected": (buffer_overflow_detected, "abort", "SIGABRT"),
     "sigkill_self": (sigkill_self, "killed", "SIGKILL"),
     "exit_code": (exit_code, "exit", None),
     "raise_python": (raise_python, "python-error", None),

@@ -248,6 +248,8 @@ WILD_CASES = [
         "libmalloc",
     ),
     ("node_mapnik_52_libmalloc_double_free", "double-free", "double free", "libmalloc"),
+    ("superstr_21_stack_smashing_slurm", "abort", "stack smashing detected", None),
+    ("abawaca_7_stack_smashing_old_glibc", "abort", "stack smashing detected", None),
     (
         "jemalloc_2353_size_mismatch",
         "heap-corruption",
@@ -483,3 +485,11 @@ def test_tcmalloc_invalid_free_here_and_in_the_wild_has_one_signature() -> None:
     there = classify.classify(*wild("flux_core_5479_tcmalloc_invalid_pointer"))
     assert here.detail != there.detail  # another address, another machine
     assert (here.kind, here.signature) == (there.kind, there.signature)
+
+
+def test_recorded_fortify_abort_carries_glibcs_line() -> None:
+    """glibc's real `*** buffer overflow detected ***: terminated` is the abort's detail."""
+    status, stderr = recorded("buffer_overflow_detected")
+    assert "*** buffer overflow detected ***: terminated" in stderr
+    verdict = classify.classify(status, stderr)
+    assert (verdict.kind, verdict.detail) == ("abort", "buffer overflow detected")
