@@ -96,8 +96,8 @@ HEAP_FAMILIES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
             rf"|Region cookie corrupted for region {_ADDR}"
         ),
     ),
-    # jemalloc 5.x safety checks (jemalloc/jemalloc: src/safety_check.c,
-    # include/jemalloc/internal/arena_inlines_b.h, cache_bin.h, rb.h; src/san.c)
+    # jemalloc safety checks (jemalloc/jemalloc 5.3.0: src/safety_check.c, src/san.c,
+    # include/jemalloc/internal/arena_inlines_b.h; dev adds cache_bin.h, rb.h)
     # and its debug-build assertions (include/jemalloc/internal/assert.h).
     (
         "jemalloc",
@@ -153,7 +153,8 @@ _TERMINATE = re.compile(
     r"|(?P<other>without an active exception|recursively))"
 )
 #: LLVM libc++abi's terminate handler (llvm-project libcxxabi/src/cxa_default_handlers.cpp:
-#: ``terminating due to %s exception of type %s: %s``; ``with`` before LLVM 15) through
+#: ``terminating due to %s exception of type %s: %s``; ``with`` up to LLVM 14, as Debian's
+#: libc++abi1-14 prints) through
 #: abort_message.cpp's ``libc++abi: `` prefix (``libc++abi.dylib: `` on old macOS).
 _LIBCXXABI_TERMINATE = re.compile(
     r"libc\+\+abi(?:\.dylib)?: terminating(?: (?:with|due to) (?P<cause>\w+)"
