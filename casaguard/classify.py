@@ -1,11 +1,16 @@
 """Pure crash classification: (exit status, stderr tail, CASA log, reply) -> verdict.
 
 No I/O and no imports from the rest of the package but ``errors`` (for the
-message formats). The knowledge lives in data tables: glibc's
-``malloc_printerr`` families, libstdc++'s terminate message, CASA's known
-error texts and its known-noise SEVERE lines. Old glibc formats
+message formats). The knowledge lives in data tables, each row taken from the
+runtime's own source (named next to it) or from its real output:
+the heap checks of glibc's ``malloc_printerr``, macOS libmalloc, jemalloc and
+gperftools' tcmalloc (``HEAP_FAMILIES``); the terminate messages of libstdc++
+and LLVM libc++abi; CASA's known error texts and its known-noise SEVERE lines;
+and the banners of crash handlers (OpenMPI's, faulthandler's, shells') whose
+lines are never the crash's own (``HANDLER_NOISE``). Old glibc formats
 (2.17: ``*** Error in `python': double free or corruption (out): 0x... ***``)
-are unwrapped before matching, so one table serves every version.
+are unwrapped before matching, so one table serves every version; MPI rank
+prefixes (``[1,0]<stderr>:``) are stripped from every line first.
 """
 
 from __future__ import annotations
@@ -17,16 +22,27 @@ from dataclasses import dataclass, field
 
 from casaguard.errors import CASA_ERROR_SUFFIX, CRASH_MESSAGE, EVIDENCE_SUFFIX, LOG_SUFFIX
 
-#: glibc heap-check families, most specific first: (kind, pattern).
-GLIBC_FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("double-free", re.compile(r"double free or corruption(?: \([^)]*\))?")),
-    ("double-free", re.compile(r"free\(\): double free detected in tcache \d+")),
-    ("corrupted-size", re.compile(r"corrupted size vs\.? prev_size(?: while consolidating)?")),
+_ADDR = r"0x[0-9a-fA-F]+"
+
+#: Heap-check families of every allocator, most specific first:
+#: (allocator, kind, pattern). A pattern's ``msg`` group, if any, is the detail;
+#: otherwise the whole match is.
+HEAP_FAMILIES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    # glibc malloc/malloc.c, malloc_printerr() callers (2.17-2.36).
+    ("glibc", "double-free", re.compile(r"double free or corruption(?: \([^)]*\))?")),
+    ("glibc", "double-free", re.compile(r"free\(\): double free detected in tcache \d+")),
     (
+        "glibc",
+        "corrupted-size",
+        re.compile(r"corrupted size vs\.? prev_size(?: while consolidating)?"),
+    ),
+    (
+        "glibc",
         "invalid-pointer",
         re.compile(r"(?:free|munmap_chunk|realloc|mremap_chunk)\(\): invalid pointer"),
     ),
     (
+        "glibc",
         "heap-corruption",
         re.compile(
             r"(?:malloc|free|realloc|calloc|malloc_consolidate|_int_malloc|_int_free|"
@@ -34,11 +50,95 @@ GLIBC_FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     (
+        "glibc",
         "heap-corruption",
         re.compile(r"corrupted (?:double-linked list(?: \(not small\))?|top size)"),
     ),
-    ("heap-corruption", re.compile(r"malloc: (?:top chunk is corrupt|corrupted top size)")),
-    ("heap-corruption", re.compile(r"break adjusted to free malloc space")),
+    (
+        "glibc",
+        "heap-corruption",
+        re.compile(r"malloc: (?:top chunk is corrupt|corrupted top size)"),
+    ),
+    ("glibc", "heap-corruption", re.compile(r"break adjusted to free malloc space")),
+    # macOS libmalloc (apple-oss-distributions/libmalloc): old releases (140.1.1,
+    # src/malloc.c, magazine_*.c) print ``prog(pid,0xthread) malloc: *** error for
+    # object 0x...: MSG``; newer ones (792.1.1, malloc_common.c, magazine_*.c) print
+    # ``prog(pid,0xthread) malloc: MSG`` with the address inside MSG.
+    (
+        "libmalloc",
+        "double-free",
+        re.compile(
+            rf"double free for ptr {_ADDR}|Double free of object {_ADDR}"
+            rf"|pointer {_ADDR} being freed already on death-row"
+            rf"|error for object {_ADDR}: (?P<msg>double free)\b"
+        ),
+    ),
+    (
+        "libmalloc",
+        "invalid-pointer",
+        re.compile(
+            rf"pointer (?:{_ADDR} )?being (?:freed|realloc'd|reallocated) was not allocated"
+            rf"|[Nn]on-aligned pointer {_ADDR} being freed(?: \(2\))?"
+            rf"|non-page-aligned, non-allocated pointer {_ADDR} being freed"
+            rf"|[Pp]ointer {_ADDR} to metadata being freed(?: \(2\))?"
+            rf"|pointer {_ADDR} of size zero being freed"
+        ),
+    ),
+    (
+        "libmalloc",
+        "heap-corruption",
+        re.compile(
+            rf"[Ii]ncorrect checksum for freed object(?: {_ADDR}:)?"
+            r" (?:- object was )?probably modified after being freed\.?"
+            rf"|Heap corruption detected, free list is damaged at {_ADDR}"
+            rf"|Corruption of (?:free object|tiny freelist) {_ADDR}: [^\n]+"
+            rf"|incorrect size information for {_ADDR} - block header was damaged"
+            rf"|Region cookie corrupted for region {_ADDR}"
+        ),
+    ),
+    # jemalloc safety checks (jemalloc/jemalloc 5.3.0: src/safety_check.c, src/san.c,
+    # include/jemalloc/internal/arena_inlines_b.h; dev adds cache_bin.h, rb.h)
+    # and its debug-build assertions (include/jemalloc/internal/assert.h).
+    (
+        "jemalloc",
+        "double-free",
+        re.compile(r"(?:<jemalloc>: )?Invalid deallocation detected[^\n]*double free[^\n]*"),
+    ),
+    (
+        "jemalloc",
+        "heap-corruption",
+        re.compile(
+            r"<jemalloc>: size mismatch detected[^\n]*"
+            r"|(?:<jemalloc>: )?Internal heap corruption detected: [^\n]+"
+            r"|<jemalloc>: Write-after-free detected[^\n]*"
+            r"|<jemalloc>: [^\n]*: Failed assertion: [^\n]*"
+        ),
+    ),
+    # gperftools tcmalloc: src/tcmalloc.cc InvalidFree() and friends print
+    # ``src/tcmalloc.cc:333] Attempt to free invalid pointer 0x...``;
+    # src/debugallocation.cc (libtcmalloc_debug) names double frees.
+    (
+        "tcmalloc",
+        "invalid-pointer",
+        re.compile(
+            rf"Attempt to (?:free|realloc) invalid pointer:? {_ADDR}"
+            rf"|Attempt to get the size of an invalid pointer:? {_ADDR}"
+            rf"|memory allocation bug: object at {_ADDR} has never been allocated"
+        ),
+    ),
+    (
+        "tcmalloc",
+        "double-free",
+        re.compile(rf"memory allocation bug: object at {_ADDR} has been already deallocated"),
+    ),
+    (
+        "tcmalloc",
+        "heap-corruption",
+        re.compile(
+            r"memory stomping bug: [^\n]+|memory corruption bug: [^\n]+"
+            rf"|memory allocation/deallocation mismatch at {_ADDR}: [^\n]+"
+        ),
+    ),
 )
 
 #: Old glibc wrapped its message: ``*** Error in `prog': MSG: 0xADDR ***`` (2.11-2.25)
@@ -52,8 +152,57 @@ _TERMINATE = re.compile(
     r"terminate called (?:after throwing an instance of '(?P<type>[^']+)'"
     r"|(?P<other>without an active exception|recursively))"
 )
+#: LLVM libc++abi's terminate handler (llvm-project libcxxabi/src/cxa_default_handlers.cpp:
+#: ``terminating due to %s exception of type %s: %s``; ``with`` up to LLVM 14, as Debian's
+#: libc++abi1-14 prints) through
+#: abort_message.cpp's ``libc++abi: `` prefix (``libc++abi.dylib: `` on old macOS).
+_LIBCXXABI_TERMINATE = re.compile(
+    r"libc\+\+abi(?:\.dylib)?: terminating(?: (?:with|due to) (?P<cause>\w+)"
+    r"(?: exception of type(?: (?P<type>.+?)(?:: (?P<what>.*))?)?"
+    r"| (?P<foreign>foreign) exception))?$"
+)
+#: A type libc++abi's line left for the next one (a terminal or tracker wrapped it).
+_TYPE_AND_WHAT = re.compile(r"^(?P<type>[^\s:][^\s]*?)(?:: (?P<what>.*))?$")
+#: Apple's libc++abi before LLVM's wording (Xcode 4), and cxa_virtual.cpp's messages.
+_LIBCXXABI_OTHER = re.compile(
+    r"libc\+\+abi(?:\.dylib)?: (?P<msg>terminate called throwing an exception"
+    r"|terminate called without an active exception"
+    r"|Pure virtual function called!|Deleted virtual function called!)"
+)
+_LIBCXXABI_OTHER_DETAIL = {
+    "terminate called throwing an exception": "uncaught C++ exception",
+    "terminate called without an active exception": "terminate called without an active exception",
+    "Pure virtual function called!": "pure virtual function called",
+    "Deleted virtual function called!": "deleted virtual function called",
+}
 _WHAT = re.compile(r"^\s*what\(\):\s*(?P<what>.*)$")
-_ASSERTION = re.compile(r"[^\n]*Assertion `[^\n]*' failed\.")
+#: Lines a crash handler, a shell or faulthandler adds around a crash: never the
+#: crash's own text, never part of a what() (OpenMPI's opal/util/stacktrace.c banner
+#: ``[host:pid] *** Process received signal ***`` and its frames, Python's
+#: faulthandler, bash/zsh job messages, old glibc's backtrace dump, libmalloc's hint).
+HANDLER_NOISE: tuple[re.Pattern[str], ...] = (
+    re.compile(r"^\[[^\]\s]+:\d+(?::\d+)?\] "),
+    re.compile(r"^\*\*\* (?:Process received signal|End of error message) \*\*\*"),
+    re.compile(r"^(?:Signal(?: code)?|Failing at address|Associated errno): "),
+    re.compile(r"^Fatal Python error"),
+    re.compile(r"^(?:Current thread|Thread) 0x[0-9a-fA-F]+"),
+    re.compile(r"^\s*File \".*\", line \d+"),
+    re.compile(r"^(?:Aborted|Abort trap|Segmentation fault|Bus error)(?:[: ]|$)"),
+    re.compile(r"^\S+: line \d+: +\d+ (?:Aborted|Abort trap|Segmentation fault)"),
+    re.compile(r"^(?:zsh: )?(?:\[\d+\] +\d+ )?(?:abort|segmentation fault) +\S"),
+    re.compile(r"^=+ (?:Backtrace|Memory map): =+"),
+    re.compile(r"^#\d+ +0x[0-9a-fA-F]+ in "),
+    re.compile(r"set a breakpoint in malloc_error_break to debug"),
+)
+#: Per-line prefixes of MPI launchers: OpenMPI ``--tag-output`` (``[1,0]<stderr>:``),
+#: MPICH ``-prepend-rank`` (``[0] ``) and Slurm ``srun --label`` (``0: ``).
+_RANK_PREFIX = re.compile(r"^(?:\[\d+,\d+\]<std(?:err|out)>:\s?|\[\d+\] (?!\s)|\s*\d+: (?!\s))")
+#: A failed assert(): glibc's assert/assert.c ``prog: file:line: func: Assertion `x' failed.``
+#: and musl's src/exit/assert.c ``Assertion failed: x (file: func: line)``.
+_ASSERTION = re.compile(r"[^\n]*Assertion `[^\n]*' failed\.|Assertion failed: [^\n]+ \([^)\n]*\)")
+#: glibc's debug/fortify_fail.c: ``*** buffer overflow detected ***: terminated`` (2.33+;
+#: ``*** %s ***: %s terminated`` with the program before), also for stack smashing.
+_FORTIFY = re.compile(r"\*\*\* (?P<msg>[a-z][^*\n]*? detected) \*\*\*: (?:\S+ )?terminated")
 
 #: CASA error texts we know, with the cause to tell the user.
 KNOWN_CASA_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -139,27 +288,67 @@ def normalise_shell_status(exit_code: int) -> int:
     return exit_code
 
 
-def heap_message(stderr: str) -> tuple[str, str] | None:
-    """Find the last glibc heap-check message in ``stderr``: (kind, message)."""
-    for line in reversed(stderr.splitlines()):
-        text = line.strip()
-        for wrapper in _OLD_GLIBC_WRAPPERS:
-            wrapped = wrapper.search(text)
-            if wrapped:
-                text = wrapped.group("msg")
-                break
-        for kind, pattern in GLIBC_FAMILIES:
-            match = pattern.search(text)
-            if match:
-                return kind, match.group(0).strip()
+def crash_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` without MPI rank prefixes, in order."""
+    return [_RANK_PREFIX.sub("", line, count=1) for line in stderr.splitlines()]
+
+
+def is_handler_noise(line: str) -> bool:
+    """True for a crash handler's, shell's or faulthandler's line (see HANDLER_NOISE)."""
+    text = line.strip()
+    return any(noise.search(text) for noise in HANDLER_NOISE)
+
+
+def heap_check(stderr: str) -> tuple[str, str, str] | None:
+    """Find the last heap-check message of any allocator in ``stderr``.
+
+    Returns:
+        ``(allocator, kind, message)``, e.g. ``("libmalloc", "invalid-pointer",
+        "pointer being freed was not allocated")``, or None.
+    """
+    lines = crash_lines(stderr)
+    for index in range(len(lines) - 1, -1, -1):
+        found = _heap_line(lines[index].strip())
+        if found is None and index + 1 < len(lines):
+            # A message wrapped onto two lines (as pasted into an issue tracker).
+            found = _heap_line(f"{lines[index].strip()} {lines[index + 1].strip()}")
+        if found is not None:
+            return found
     return None
 
 
+def _heap_line(text: str) -> tuple[str, str, str] | None:
+    for wrapper in _OLD_GLIBC_WRAPPERS:
+        wrapped = wrapper.search(text)
+        if wrapped:
+            text = wrapped.group("msg")
+            break
+    for allocator, kind, pattern in HEAP_FAMILIES:
+        match = pattern.search(text)
+        if match:
+            message = match.group("msg") if "msg" in pattern.groupindex else None
+            return allocator, kind, (message or match.group(0)).strip()
+    return None
+
+
+def heap_message(stderr: str) -> tuple[str, str] | None:
+    """Find the last heap-check message in ``stderr``: (kind, message)."""
+    found = heap_check(stderr)
+    return None if found is None else (found[1], found[2])
+
+
 def terminate_message(stderr: str) -> str | None:
-    """Describe libstdc++'s last ``terminate called ...`` in ``stderr`` with its ``what()``."""
-    lines = stderr.splitlines()
+    """Describe the last C++ terminate in ``stderr`` (libstdc++ or libc++abi) with its what()."""
+    lines = crash_lines(stderr)
     for index in range(len(lines) - 1, -1, -1):
-        match = _TERMINATE.search(lines[index])
+        line = lines[index]
+        llvm = _LIBCXXABI_TERMINATE.search(line.strip())
+        if llvm:
+            return _libcxxabi_detail(llvm, lines[index + 1 : index + 2])
+        other = _LIBCXXABI_OTHER.search(line)
+        if other:
+            return _LIBCXXABI_OTHER_DETAIL[other.group("msg")]
+        match = _TERMINATE.search(line)
         if not match:
             continue
         if match.group("other"):
@@ -170,7 +359,7 @@ def terminate_message(stderr: str) -> str | None:
             what = _WHAT.match(follow)
             if what:
                 what_lines.append(what.group("what").strip())
-            elif what_lines and follow.strip() and not follow.startswith("Fatal Python"):
+            elif what_lines and follow.strip() and not is_handler_noise(follow):
                 what_lines.append(follow.strip())
             else:
                 break
@@ -178,6 +367,23 @@ def terminate_message(stderr: str) -> str | None:
             detail += f": {' '.join(what_lines)}"
         return detail
     return None
+
+
+def _libcxxabi_detail(match: re.Match[str], following: list[str]) -> str:
+    """libc++abi's message in libstdc++'s words, so one crash reads alike on both."""
+    cause = match.group("cause")
+    if cause is None:
+        return "terminate called without an active exception"
+    if match.group("foreign"):
+        return f"{cause} foreign (non-C++) exception"
+    type_name, what = match.group("type"), match.group("what")
+    if type_name is None and following:
+        wrapped = _TYPE_AND_WHAT.match(following[0].strip())
+        if wrapped and not is_handler_noise(following[0]):
+            type_name, what = wrapped.group("type"), wrapped.group("what")
+    detail = f"{cause} C++ {type_name or 'exception'}"
+    what = (what or "").strip()
+    return f"{detail}: {what}" if what else detail
 
 
 def severe_lines(casa_log: str) -> tuple[str, ...]:
@@ -239,16 +445,37 @@ def casa_error_from_log(severe: tuple[str, ...], stderr: str) -> str | None:
     return None
 
 
+#: What varies between two runs of one crash, in the order it is removed: MPI rank
+#: prefixes, host:pid tags (OpenMPI's ``[host:pid]``, libmalloc's ``prog(pid,0xthread)``,
+#: MPICH's ``RUNNING AT host``), timestamps, addresses, absolute paths, numbers; and
+#: libc++'s inline namespace, so a crash reads alike under libc++ and libstdc++.
 _NORMALISERS = (
+    (re.compile(r"^(?:\[\d+,\d+\]<std(?:err|out)>:\s?)", re.MULTILINE), ""),
+    (re.compile(r"\[[^\]\s]+:\d+(?::\d+)?\]"), "[<host:pid>]"),
+    (re.compile(r"[\w.+-]+\(\d+,0x[0-9a-fA-F]+\)"), "<prog(pid)>"),
+    (re.compile(r"\b(?:RUNNING AT|on host|on node|hostname:?) \S+", re.IGNORECASE), "<host>"),
+    (
+        re.compile(
+            r"\d{4}[-/]\d\d[-/]\d\d(?:[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)?"
+        ),
+        "<time>",
+    ),
+    (re.compile(r"\b\d\d:\d\d:\d\d(?:\.\d+)?\b"), "<time>"),
     (re.compile(r"0x[0-9a-fA-F]+"), "0x?"),
     (re.compile(r"(?:/[^\s'\"():,]+)+"), "<path>"),
-    (re.compile(r"\b(?:pid|line) \d+"), "<n>"),
+    (re.compile(r"\b(?:pid|line|PID) \d+"), "<n>"),
+    (re.compile(r"std::__[0-9a-z]+::"), "std::"),
     (re.compile(r"\d+"), "<n>"),
 )
 
 
 def signature(kind: str, detail: str) -> str:
-    """Short stable hash of kind + detail with addresses, paths and numbers removed."""
+    """Short stable hash of kind + detail without what differs between hosts and runs.
+
+    Hostnames, pids, MPI rank prefixes, timestamps, addresses, absolute paths and
+    numbers are removed first (``_NORMALISERS``), so one crash on every node of a
+    cluster has one signature.
+    """
     text = detail
     for pattern, replacement in _NORMALISERS:
         text = pattern.sub(replacement, text)
@@ -311,7 +538,7 @@ def classify(
     if timed_out:
         return verdict("timeout", "the call ran past its timeout")
     if died:
-        kind, detail = _crash_kind(exit_code, sig, stderr, oom_killed)
+        kind, detail, facts = _crash_kind(exit_code, sig, stderr, oom_killed)
         if replied_ok is True:
             # The task finished; only teardown died. The caller gets the result.
             return Verdict(
@@ -321,9 +548,9 @@ def classify(
                 severe_lines=severe,
                 teardown_crash=True,
                 signature=signature(kind, detail),
-                extra={"teardown_kind": kind},
+                extra={"teardown_kind": kind, **facts},
             )
-        return verdict(kind, detail)
+        return verdict(kind, detail, **facts)
     if replied_ok is None:
         return verdict("no-result", "the child exited 0 without a reply")
     if replied_ok is False:
@@ -341,31 +568,36 @@ def classify(
 
 def _crash_kind(
     exit_code: int | None, sig: str | None, stderr: str, oom_killed: bool
-) -> tuple[str, str]:
+) -> tuple[str, str, dict[str, str]]:
+    """(kind, detail, facts) of a child that died; facts name the allocator of a heap check."""
     if sig is None:
-        return "exit", f"exited with {describe_status(exit_code)} and no reply"
+        return "exit", f"exited with {describe_status(exit_code)} and no reply", {}
+    # Heap checks abort; a segfault can follow a heap check that only warned.
+    heap = heap_check(stderr) if sig in ("SIGABRT", "SIGSEGV", "SIGBUS") else None
+    facts = {"allocator": heap[0]} if heap else {}
     if sig == "SIGABRT":
-        heap = heap_message(stderr)
         if heap:
-            return heap
+            return heap[1], heap[2], facts
         terminate = terminate_message(stderr)
         if terminate:
-            return "cxx-terminate", terminate
+            return "cxx-terminate", terminate, {}
+        fortify = _FORTIFY.search(stderr)
+        if fortify:
+            return "abort", fortify.group("msg"), {}
         assertion = _ASSERTION.search(stderr)
         if assertion:
-            return "abort", assertion.group(0).strip()
-        return "abort", "abort() without a glibc or C++ message"
+            return "abort", assertion.group(0).strip(), {}
+        return "abort", "abort() without a heap-check or C++ message", {}
     if sig in _SIGNAL_KINDS:
         kind = _SIGNAL_KINDS[sig]
         if kind == "killed":
             if oom_killed:
-                return kind, "killed by the kernel's OOM killer (cgroup oom_kill rose)"
-            return kind, "killed by SIGKILL that casaguard did not send"
-        heap = heap_message(stderr)  # a segfault right after a glibc warning
-        if heap:
-            return kind, f"{sig} after {heap[1]}"
-        return kind, f"{sig} (invalid memory access)"
-    return "signal", f"killed by {sig}"
+                return kind, "killed by the kernel's OOM killer (cgroup oom_kill rose)", {}
+            return kind, "killed by SIGKILL that casaguard did not send", {}
+        if heap:  # a segfault right after a heap check's warning
+            return kind, f"{sig} after {heap[2]}", facts
+        return kind, f"{sig} (invalid memory access)", {}
+    return "signal", f"killed by {sig}", {}
 
 
 def crash_message(

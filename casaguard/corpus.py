@@ -8,6 +8,10 @@ tests run them as a table. Families:
 
 * ``glibc-*``, ``segfault``, ``cxx-terminate``... -- the primitives of
   ``casaguard.crashers`` (real heap checks on really corrupted chunks).
+* ``libcxxabi-*``, ``tcmalloc-*``, ``musl-*`` -- the other runtimes Linux can
+  really run: LLVM's libc++abi terminate handler (CASA and casacore on macOS
+  print the same), gperftools' tcmalloc heap checks, and musl's silent heap
+  crash, from Debian's packages.
 * ``casa-*`` -- CASA's own failures on simulated MSs: permissions (run under
   ``setpriv`` so that root obeys file modes), a silent SEVERE, the field
   report's CASA-error-then-abort sequence.
@@ -65,7 +69,8 @@ class Reproducer:
         reproduce: runs the guarded work in ``Workspace``; raises a CasaCrash.
         text: a string that must appear in the crash's detail, casa_error,
             SEVERE lines or stderr tail (the evidence is the right one).
-        needs: what it needs besides Python: ``"casa"``, ``"wsclean"``.
+        needs: what it needs besides Python: ``"casa"``, ``"wsclean"``, or a
+            Debian library package (``"libc++1-14"``, ``"libtcmalloc-minimal4"``).
     """
 
     name: str
@@ -114,12 +119,14 @@ class Result:
 
 
 _WORKSPACE_NAME = re.compile(r"casaguard-corpus-[A-Za-z0-9_]+")
+#: tcmalloc and libmalloc name the block's address (``Attempt to free invalid pointer 0x...``).
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 
 
 def _stable(text: str) -> str:
-    """The first line of ``text``, without the workspace's random directory name."""
+    """The first line of ``text``, without the workspace's random name or heap addresses."""
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return _WORKSPACE_NAME.sub("casaguard-corpus-*", first)
+    return _ADDRESS.sub("0x?", _WORKSPACE_NAME.sub("casaguard-corpus-*", first))
 
 
 @dataclass
@@ -325,6 +332,22 @@ def _casacore_clash(workspace: Workspace) -> Any:
     )
 
 
+def _musl_double_free(workspace: Workspace) -> Any:
+    source = workspace.path("musl-double-free.c")
+    source.write_text(crashers.MUSL_DOUBLE_FREE_C)
+    binary = workspace.path("musl-double-free")
+    built = subprocess.run(
+        ["musl-gcc", "-O0", "-o", str(binary), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if built.returncode != 0:
+        raise InvalidInput(f"musl-gcc cannot build the reproducer: {built.stderr.strip()[-500:]}")
+    return command.run_command([str(binary)], timeout=60)
+
+
 def _reproducers() -> tuple[Reproducer, ...]:
     glibc = [
         (
@@ -386,10 +409,54 @@ def _reproducers() -> tuple[Reproducer, ...]:
             text="std::length_error",
         ),
         Reproducer(
+            "libcxxabi-terminate",
+            "an uncaught C++ exception under LLVM's libc++abi (CASA on macOS, any clang/libc++ "
+            "build) is cxx-terminate with its type and what(), worded as under libstdc++",
+            ("cxx-terminate",),
+            _primitive(crashers.libcxxabi_terminate),
+            text="uncaught C++ std::runtime_error: casaguard crash corpus",
+            needs=("libc++1-14",),
+        ),
+        Reproducer(
+            "tcmalloc-invalid-pointer",
+            "tcmalloc's free() of a block it never allocated prints `Attempt to free invalid "
+            "pointer` and aborts; casaguard names it invalid-pointer, as glibc's",
+            ("invalid-pointer",),
+            _primitive(crashers.tcmalloc_invalid_pointer),
+            text="Attempt to free invalid pointer 0x",
+            needs=("libtcmalloc-minimal4",),
+        ),
+        Reproducer(
+            "tcmalloc-double-free",
+            "tcmalloc's debug allocator names a second free() of one block (`has been already "
+            "deallocated`) and aborts; casaguard names it double-free, as glibc's",
+            ("double-free",),
+            _primitive(crashers.tcmalloc_double_free),
+            text="has been already deallocated",
+            needs=("libtcmalloc-minimal4",),
+        ),
+        Reproducer(
+            "musl-double-free",
+            "musl's malloc turns a double free into a silent a_crash() (SIGSEGV on x86_64); "
+            "casaguard names it segfault although there is no message to match",
+            ("segfault",),
+            _musl_double_free,
+            text="SIGSEGV (invalid memory access)",
+            needs=("musl-tools", "gcc"),
+        ),
+        Reproducer(
             "abort",
-            "a bare abort() without a glibc or C++ message is still a classified AbortCrash",
+            "a bare abort() without a heap-check or C++ message is still a classified AbortCrash",
             ("abort",),
             _primitive(crashers.abort),
+        ),
+        Reproducer(
+            "glibc-fortify-buffer-overflow",
+            "glibc's _FORTIFY_SOURCE check prints `*** buffer overflow detected ***: terminated` "
+            "and aborts; casaguard's abort carries that line, not a bare abort()",
+            ("abort",),
+            _primitive(crashers.buffer_overflow_detected),
+            text="buffer overflow detected",
         ),
         Reproducer(
             "sigkill",

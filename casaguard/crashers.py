@@ -2,13 +2,17 @@
 
 Each function kills the process that runs it, for real, the way CASA does:
 glibc's own heap checks fire on genuinely corrupted chunk headers, the kernel
-delivers a genuine SIGSEGV, libstdc++ genuinely calls ``std::terminate``.
+delivers a genuine SIGSEGV, libstdc++ (or LLVM's libc++abi) genuinely calls
+``std::terminate``, gperftools' tcmalloc genuinely rejects a bad ``free``.
 They are meant to run inside a sandbox child (``casaguard.call(double_free)``)
 and never in a process you care about.
 
 The heap layouts below assume glibc's ptmalloc2 on 64-bit Linux (chunk header
 = prev_size, size; 16-byte alignment; tcache for chunks up to 1032 bytes), as
-in glibc 2.26 and later.
+in glibc 2.26 and later. The other runtimes are Debian's shared libraries
+(``LIBCXX``, ``TCMALLOC``, ``TCMALLOC_DEBUG``; packages libc++1-14,
+libc++abi1-14 and libtcmalloc-minimal4), loaded with ctypes into the dying
+process only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,23 @@ _PREV_INUSE = 0x1
 # Large enough to bypass tcache and fastbins, small enough to stay below the
 # mmap threshold, so frees go through _int_free's consolidation checks.
 _LARGE = 0x500
+#: Debian's LLVM libc++ (libc++1-14; it brings libc++abi1-14).
+LIBCXX = "libc++.so.1"
+#: gperftools' tcmalloc (libtcmalloc-minimal4) and its checking debug build.
+TCMALLOC = "libtcmalloc_minimal.so.4"
+TCMALLOC_DEBUG = "libtcmalloc_minimal_debug.so.4"
+#: A C program that frees one block twice, for musl (built with ``musl-gcc``):
+#: mallocng's checks are ``assert(x) -> a_crash()`` (src/malloc/mallocng/glue.h),
+#: which prints nothing and on x86_64 executes ``hlt``: the kernel sends SIGSEGV.
+MUSL_DOUBLE_FREE_C = """#include <stdlib.h>
+int main(void)
+{
+    void *volatile block = malloc(64);
+    free(block);
+    free(block);
+    return 0;
+}
+"""
 
 
 def _libc() -> ctypes.CDLL:
@@ -150,6 +171,54 @@ def cxx_terminate(what: str = "casaguard crash corpus") -> None:
     throw(what.encode())
 
 
+def libcxxabi_terminate(what: str = "casaguard crash corpus") -> None:
+    """Throw a C++ exception from LLVM's libc++ that nothing catches: libc++abi prints
+    ``libc++abi: terminating with uncaught exception of type std::runtime_error: ...``
+    and aborts, as CASA and casacore built with clang/libc++ (macOS) do.
+    """
+    libcxx = ctypes.CDLL(LIBCXX)
+    # std::__1::__throw_runtime_error(const char*): a real throw from libc++ whose
+    # unwinding finds no handler, so libc++abi's default terminate handler runs.
+    throw = libcxx._ZNSt3__121__throw_runtime_errorEPKc
+    throw.argtypes = [ctypes.c_char_p]
+    throw(what.encode())
+
+
+def _allocator(library: str) -> ctypes.CDLL:
+    allocator = ctypes.CDLL(library)
+    allocator.malloc.restype = ctypes.c_void_p
+    allocator.malloc.argtypes = [ctypes.c_size_t]
+    allocator.free.restype = None
+    allocator.free.argtypes = [ctypes.c_void_p]
+    return allocator
+
+
+def tcmalloc_invalid_pointer() -> None:
+    """Give tcmalloc's ``free`` a pointer it never handed out (a glibc block), as a
+    library mixing allocators does: ``src/tcmalloc.cc:333] Attempt to free invalid
+    pointer 0x...`` and abort.
+    """
+    tcmalloc = _allocator(TCMALLOC)
+    tcmalloc.free(_libc().malloc(64))
+
+
+def tcmalloc_double_free() -> None:
+    """Free a block twice under tcmalloc's debug allocator: ``memory allocation bug:
+    object at 0x... has been already deallocated`` and abort.
+    """
+    tcmalloc = _allocator(TCMALLOC_DEBUG)
+    pointer = tcmalloc.malloc(64)
+    tcmalloc.free(pointer)
+    tcmalloc.free(pointer)
+
+
+def buffer_overflow_detected() -> None:
+    """Fail a _FORTIFY_SOURCE check: glibc prints ``*** buffer overflow detected ***:
+    terminated`` and aborts, as a fortified C library does on an overlong copy.
+    """
+    _libc().__chk_fail()
+
+
 def abort() -> None:
     """Call abort(3) with no message: a bare SIGABRT."""
     _libc().abort()
@@ -201,7 +270,11 @@ CRASHERS = {
     "invalid_size": (invalid_size, "heap-corruption", "SIGABRT"),
     "segfault": (segfault, "segfault", "SIGSEGV"),
     "cxx_terminate": (cxx_terminate, "cxx-terminate", "SIGABRT"),
+    "libcxxabi_terminate": (libcxxabi_terminate, "cxx-terminate", "SIGABRT"),
+    "tcmalloc_invalid_pointer": (tcmalloc_invalid_pointer, "invalid-pointer", "SIGABRT"),
+    "tcmalloc_double_free": (tcmalloc_double_free, "double-free", "SIGABRT"),
     "abort": (abort, "abort", "SIGABRT"),
+    "buffer_overflow_detected": (buffer_overflow_detected, "abort", "SIGABRT"),
     "sigkill_self": (sigkill_self, "killed", "SIGKILL"),
     "exit_code": (exit_code, "exit", None),
     "raise_python": (raise_python, "python-error", None),

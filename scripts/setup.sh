@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Set up casaguard on a fresh machine: a venv in .venv with the package and its
-# test extras, and WSClean from Debian (the end-to-end tests run it for real).
+# test extras, and from Debian WSClean (the end-to-end tests run it for real)
+# plus libc++, tcmalloc and musl-gcc (the crash corpus dies in them for real).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v wsclean >/dev/null 2>&1; then
+# The Debian packages the tests run for real: WSClean, and the C++ runtime and
+# allocators the crash corpus dies in (LLVM libc++/libc++abi, gperftools tcmalloc,
+# musl through musl-gcc).
+missing=""
+if ! command -v wsclean >/dev/null 2>&1; then missing="wsclean"; fi
+for package in libc++1-14 libc++abi1-14 libtcmalloc-minimal4 musl-tools gcc; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $package"
+    fi
+done
+if [ -n "$missing" ]; then
     SUDO=""
     if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    echo "setup: installing WSClean from Debian" >&2
+    echo "setup: installing from Debian:$missing" >&2
     $SUDO apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q wsclean >/dev/null
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

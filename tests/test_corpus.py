@@ -5,6 +5,7 @@ Runs the whole corpus: real glibc, C++, CASA, WSClean and python-casacore crashe
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from importlib import metadata
@@ -38,12 +39,30 @@ def test_reproducer_ends_as_promised(
 
 
 def test_every_reproducer_states_what_it_proves() -> None:
-    """Names are unique and every reproducer says what it proves and expects a known kind."""
+    """Names and claims are unique, each claim is one sentence, and each expects known kinds."""
     names = [r.name for r in corpus.CORPUS]
     assert len(names) == len(set(names))
+    claims = [r.proves for r in corpus.CORPUS]
+    assert len(claims) == len(set(claims)), "two reproducers claim the same thing"
     for reproducer in corpus.CORPUS:
-        assert len(reproducer.proves) > 40
-        assert set(reproducer.expect) <= set(EXCEPTION_FOR_KIND)
+        # Quoted crash text (`corrupted size vs. prev_size`) may hold a full stop.
+        prose = re.sub(r"`[^`]*`", "`...`", reproducer.proves)
+        assert prose.strip() and "\n" not in prose, reproducer.name
+        assert not re.search(r"[.!?](?:\s|$)", prose), f"{reproducer.name}: not one sentence"
+        assert reproducer.expect, reproducer.name
+        assert set(reproducer.expect) <= set(EXCEPTION_FOR_KIND), reproducer.name
+
+
+CI_RUN = Path(__file__).parent.parent / ".ci" / "run"
+
+
+def test_every_debian_package_a_reproducer_needs_is_installed_by_ci() -> None:
+    """A reproducer's Debian library (libc++, tcmalloc) is on CI's apt-get install line."""
+    installs = [line for line in CI_RUN.read_text().splitlines() if "apt-get install" in line]
+    packages = {word for line in installs for word in line.split()}
+    needed = {need for r in corpus.CORPUS for need in r.needs} - {"casa", "wsclean"}
+    assert {"libc++1-14", "libtcmalloc-minimal4"} <= needed
+    assert needed <= packages, needed - packages
 
 
 def test_unknown_reproducer_name_is_refused() -> None:
