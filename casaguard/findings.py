@@ -55,10 +55,11 @@ CODES: dict[str, CodeInfo] = {
     "NOT_AN_MS": CodeInfo(
         "fatal", "input", "a table, but not a MeasurementSet (no DATA column or subtables)"
     ),
+    # A damaged MS is an MS: its findings are unsafe (exit 1), never bad input (exit 2).
     "SUBTABLE_MISSING": CodeInfo(
-        "fatal", "input", "a required subtable is missing or does not open"
+        "fatal", "structure", "a required subtable's keyword names a table that does not exist"
     ),
-    "MS_EMPTY": CodeInfo("fatal", "input", "the main table has no rows"),
+    "MS_EMPTY": CodeInfo("fatal", "structure", "the main table has no rows"),
     # structure: the MS opens, but its metadata contradicts itself
     "SPW_NUM_CHAN_MISMATCH": CodeInfo(
         "fatal",
@@ -80,7 +81,7 @@ CODES: dict[str, CodeInfo] = {
     "MAIN_ID_OUT_OF_RANGE": CodeInfo(
         "fatal",
         "structure",
-        "a main-table DATA_DESC_ID/FIELD_ID/ANTENNA1/ANTENNA2 points past its subtable",
+        "a main-table DATA_DESC_ID or FIELD_ID points past its subtable",
     ),
     "DATA_SHAPE_MISMATCH": CodeInfo(
         "fatal", "structure", "DATA cells disagree with NUM_CORR x NUM_CHAN of their DATA_DESC_ID"
@@ -170,6 +171,32 @@ CODES: dict[str, CodeInfo] = {
     "CANARY_OK": CodeInfo("info", "canary", "guarded ft and clearcal succeeded on a slice copy"),
     "CANARY_FAILED": CodeInfo("fatal", "canary", "guarded ft or clearcal failed on a slice copy"),
     "CANARY_SLICE_FAILED": CodeInfo("fatal", "canary", "copying a slice of the MS failed in CASA"),
+    # issue 14: the MS read as CASA reads it (subtables through the main table's keywords)
+    "MAIN_TABLE_UNREADABLE": CodeInfo(
+        "fatal", "storage", "an MS (it has subtables) whose main table casacore cannot open"
+    ),
+    "SUBTABLE_KEYWORD_MISSING": CodeInfo(
+        "fatal",
+        "structure",
+        "the main table has no keyword for a required subtable: CASA cannot reach it",
+    ),
+    "SUBTABLE_ELSEWHERE": CodeInfo(
+        "warn", "structure", "a subtable keyword points outside the MS (CASA follows it)"
+    ),
+    "SUBTABLE_UNREADABLE": CodeInfo(
+        "fatal", "storage", "a subtable exists but casacore cannot open it"
+    ),
+    "SUBTABLE_EMPTY": CodeInfo(
+        "fatal", "structure", "a subtable ft/clearcal need rows of has none"
+    ),
+    "COLUMN_UNREADABLE": CodeInfo(
+        "fatal", "storage", "casacore raises reading a column of the MS or of a subtable"
+    ),
+    "ANTENNA_ID_OUT_OF_RANGE": CodeInfo(
+        "warn",
+        "structure",
+        "ANTENNA1/ANTENNA2 points past the ANTENNA table (ft and clearcal still work)",
+    ),
     # the probe itself
     "PROBE_TIMEOUT": CodeInfo("warn", "probe", "the probe child ran past its timeout"),
     "PROBE_ERROR": CodeInfo("warn", "probe", "the probe failed for a reason of its own"),
