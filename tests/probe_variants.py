@@ -365,7 +365,8 @@ class Variants:
             item.chmod(0o777 if item.is_dir() else 0o666)
         return ms  # type: ignore[no-any-return]
 
-    def _model(self, dest: Path, options: str, *, fill: bool = True, **kwargs: Any) -> Path:
+    def _model(self, dest: Path, manager: str, *, fill: bool = True, **kwargs: Any) -> Path:
+        """Variable-shape MODEL_DATA in a data manager of its own (``manager``: its TYPE)."""
         ms = self.ms_factory(dest, **kwargs)
         remove_scratch_columns(ms)
         casacore_script(
@@ -373,8 +374,9 @@ class Variants:
             import numpy as np
             from casacore import tables as pt
             t = pt.table({str(ms)!r}, readonly=False, ack=False)
-            desc = pt.makearrcoldesc("MODEL_DATA", 0j, valuetype="complex", {options})
-            t.addcols(pt.maketabdesc(desc))
+            desc = pt.makearrcoldesc("MODEL_DATA", 0j, ndim=2, valuetype="complex")
+            dminfo = {{"TYPE": {manager!r}, "NAME": "ModelOwn", "SPEC": {{}}}}
+            t.addcols(pt.maketabdesc(desc), dminfo)
             if {fill!r}:
                 for row in range(t.nrows()):
                     t.putcell("MODEL_DATA", row, np.ones(t.getcell("DATA", row).shape, complex))
@@ -385,22 +387,15 @@ class Variants:
 
     def model_standard_stman(self, dest: Path) -> Path:
         # Variable-shape MODEL_DATA in a StandardStMan of its own (neither CASA's nor WSClean's).
-        return self._model(dest, 'ndim=2, datamanagertype="StandardStMan", '
-                                 'datamanagergroup="ModelSSM"')  # fmt: skip
+        return self._model(dest, "StandardStMan")
 
     def model_variable_multi_spw(self, dest: Path) -> Path:
         # Variable-shape MODEL_DATA (TiledShapeStMan, as CASA makes it) on 4+16 channel spws.
-        return self._model(
-            dest, 'ndim=2, datamanagertype="TiledShapeStMan", datamanagergroup="ModelTiled"',
-            nchan=(4, 16),
-        )  # fmt: skip
+        return self._model(dest, "TiledShapeStMan", nchan=(4, 16))
 
     def model_cells_undefined(self, dest: Path) -> Path:
-        # MODEL_DATA exists (variable shape) but no cell was ever written.
-        return self._model(
-            dest, 'ndim=2, datamanagertype="TiledShapeStMan", datamanagergroup="ModelTiled"',
-            fill=False,
-        )  # fmt: skip
+        # MODEL_DATA exists (variable shape, TiledShapeStMan) but no cell was ever written.
+        return self._model(dest, "TiledShapeStMan", fill=False)
 
     def wsclean_predict(self, dest: Path) -> Path:
         # WSClean images (writing its fixed-shape MODEL_DATA), then -predict rewrites it.

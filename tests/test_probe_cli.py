@@ -74,7 +74,7 @@ def test_bad_input_is_one_line_and_exit_2(variants: Variants, tmp_path: Path, ki
 
 
 def test_exit_codes_and_json_schema(variants: Variants, tmp_path: Path) -> None:
-    """--json prints one document of the docs/probe.md schema; exit 0 if all safe, 1 with an unsafe MS."""
+    """--json prints one document of the docs/probe.md schema; exit 0 all safe, 1 any unsafe."""
     clean = variants.clean(tmp_path / "clean.ms")
     fixed = variants.multi_spw_fixed_model(tmp_path / "fixed.ms")
     safe = _cli("probe", "--json", str(clean))
