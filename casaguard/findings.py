@@ -181,7 +181,7 @@ CODES: dict[str, CodeInfo] = {
         "the main table has no keyword for a required subtable: CASA cannot reach it",
     ),
     "SUBTABLE_ELSEWHERE": CodeInfo(
-        "warn", "structure", "a subtable keyword points outside the MS (CASA follows it)"
+        "warn", "structure", "a subtable keyword names a table not the MS's own (CASA follows it)"
     ),
     "SUBTABLE_UNREADABLE": CodeInfo(
         "fatal", "storage", "a subtable exists but casacore cannot open it"
@@ -196,6 +196,19 @@ CODES: dict[str, CodeInfo] = {
         "warn",
         "structure",
         "ANTENNA1/ANTENNA2 points past the ANTENNA table (ft and clearcal still work)",
+    ),
+    "REQUIRED_COLUMN_MISSING": CodeInfo(
+        "fatal", "structure", "a column the MS v2 definition requires is missing"
+    ),
+    "LOCK_SYNC_MISMATCH": CodeInfo(
+        "fatal",
+        "storage",
+        "table.lock's sync data disagrees with table.dat (files restored without their lock)",
+    ),
+    "CORRECTED_DATA_FIXED_SHAPE_MISMATCH": CodeInfo(
+        "fatal",
+        "model",
+        "CORRECTED_DATA has one fixed cell shape that some DATA_DESC_ID does not have",
     ),
     # the probe itself
     "PROBE_TIMEOUT": CodeInfo("warn", "probe", "the probe child ran past its timeout"),

@@ -70,10 +70,13 @@ def static_findings(ms: str, facts: dict[str, Any]) -> list[Finding]:
     if any(f.code in ("NOT_AN_MS",) for f in findings):
         return findings
     findings += _reachability(ms, facts)
+    findings += _required_columns(ms, facts)
+    findings += _lock_sync(ms, facts)
     findings += _read_errors(ms, facts)
     findings += _structure(facts)
     findings += _storage(ms, facts)
     findings += _model(facts)
+    findings += _corrected(facts)
     findings += _provenance(facts)
     return findings
 
@@ -198,8 +201,8 @@ def _reachability(ms: str, facts: dict[str, Any]) -> list[Finding]:
             findings.append(
                 Finding(
                     "SUBTABLE_ELSEWHERE",
-                    f"the {name} keyword points outside the MS, at {entry.get('path')} "
-                    f"({entry.get('relative')} relative to the MS): CASA reads that table",
+                    f"the {name} keyword points at {entry.get('path')} ({entry.get('relative')} "
+                    f"relative to the MS), not at the MS's own {name}: CASA reads that table",
                     f"check that {entry.get('path')} is this MS's {name}; copy it into the MS "
                     "if the MS is to move",
                     path=entry.get("path"),
@@ -218,6 +221,69 @@ def _reachability(ms: str, facts: dict[str, Any]) -> list[Finding]:
                     data={"subtable": name},
                 )
             )
+    return findings
+
+
+def _required_columns(ms: str, facts: dict[str, Any]) -> list[Finding]:
+    """Columns the MS v2 definition requires: CASA refuses a table without them."""
+    findings = []
+    tables = [("", ms, facts.get("missing_columns") or [])]
+    tables += [
+        (name, entry.get("path"), entry.get("missing_columns") or [])
+        for name, entry in facts.get("subtables", {}).items()
+    ]
+    for name, path, missing in tables:
+        if not missing:
+            continue
+        kind = f"MS{name.title().replace('_', '')}" if name else "MS"
+        where = f"subtable {name}" if name else "the main table"
+        findings.append(
+            Finding(
+                "REQUIRED_COLUMN_MISSING",
+                f"{where} lacks required column(s) {', '.join(missing[:6])}"
+                f"{' ...' if len(missing) > 6 else ''} (CASA: '{kind}(...) - table is not a "
+                f"valid {kind}')",
+                f"restore {name or 'the MS'} from a copy of the MS",
+                path=path,
+                data={"table": name or None, "columns": list(missing)},
+            )
+        )
+    return findings
+
+
+def _lock_sync(ms: str, facts: dict[str, Any]) -> list[Finding]:
+    """A table.lock whose sync data disagrees with table.dat on the column count."""
+    findings = []
+    tables = [("", ms, facts.get("lock_sync"), len(facts.get("columns", [])))]
+    tables += [
+        (name, entry.get("path"), entry.get("lock_sync"), entry.get("ncolumns"))
+        for name, entry in facts.get("subtables", {}).items()
+        if entry.get("opens")
+    ]
+    for name, path, sync, ncolumns in tables:
+        if not sync or ncolumns is None or sync["nrcolumn"] < 0 or sync["nrcolumn"] == ncolumns:
+            continue
+        where = f"subtable {name}" if name else "the main table"
+        findings.append(
+            Finding(
+                "LOCK_SYNC_MISMATCH",
+                f"{where}'s table.lock records {sync['nrcolumn']} columns but table.dat has "
+                f"{ncolumns} (CASA: 'Table::lock cannot sync table; another process changed the "
+                "number of columns'): its files and its table.lock come from different states",
+                "restore table.lock together with the files it belongs to (casaguard "
+                "restore-journal does), or restore the MS from a copy",
+                path=f"{path}/table.lock",
+                data={
+                    "table": name or None,
+                    "lock_columns": sync["nrcolumn"],
+                    "lock_rows": sync["nrrow"],
+                    "columns": ncolumns,
+                    "rows": facts.get("nrows")
+                    if not name
+                    else facts["subtables"][name].get("nrows"),
+                },
+            )
+        )
     return findings
 
 
@@ -543,6 +609,34 @@ def _model(facts: dict[str, Any]) -> list[Finding]:
                 "re-run ft (or clearcal(addmodel=True)) to reset MODEL_DATA",
             )
         )
+    return findings
+
+
+def _corrected(facts: dict[str, Any]) -> list[Finding]:
+    """A fixed-shape CORRECTED_DATA that some DATA_DESC_ID's DATA does not fit (clearcal fails)."""
+    corrected = facts.get("coldesc", {}).get("CORRECTED_DATA")
+    if not corrected or not (corrected["fixed_shape"] and corrected.get("shape")):
+        return []
+    findings = []
+    for use in facts.get("ddid_use", []):
+        if use.get("data_shape") and use["data_shape"] != corrected["shape"]:
+            spw = _spw_of(facts, use["ddid"])
+            findings.append(
+                Finding(
+                    "CORRECTED_DATA_FIXED_SHAPE_MISMATCH",
+                    f"CORRECTED_DATA is a fixed-shape column of {corrected['shape'][0]} chan x "
+                    f"{corrected['shape'][1]} corr, but spw {spw} (DATA_DESC_ID {use['ddid']}) "
+                    f"has {use['data_shape'][0]} x {use['data_shape'][1]} (clearcal: 'Table "
+                    "array conformance error')",
+                    "remove CORRECTED_DATA and let clearcal(addcorr=True) recreate it",
+                    data={
+                        "ddid": use["ddid"],
+                        "spw": spw,
+                        "corrected": corrected["shape"],
+                        "data": use["data_shape"],
+                    },
+                )
+            )
     return findings
 
 

@@ -420,3 +420,71 @@ class Variants:
     def relative_path(self, dest: Path) -> Path:
         # Built like clean; the tests pass it relative to the working directory.
         return self.clean(dest)
+
+    def lock_newer_than_data(self, dest: Path) -> Path:
+        # A restore that put back every data file but not table.lock: the lock's sync data
+        # (row/column counts, change counters) is that of a later state (scratch columns
+        # removed), the files those of the earlier one.
+        ms = self.ms_factory(dest)
+        saved = dest.with_name(dest.name + ".saved")
+        shutil.copytree(ms, saved)
+        remove_scratch_columns(ms)
+        for item in saved.iterdir():
+            if item.is_file() and item.name != "table.lock":
+                shutil.copy2(item, ms / item.name)
+        shutil.rmtree(saved)
+        return ms  # type: ignore[no-any-return]
+
+    def no_lock_files(self, dest: Path) -> Path:
+        # Every table.lock deleted (e.g. an rsync that excluded them): casacore recreates them.
+        ms = self.ms_factory(dest)
+        for lock in ms.rglob("table.lock"):
+            lock.unlink()
+        return ms  # type: ignore[no-any-return]
+
+    def foreign_read_only_antenna(self, dest: Path) -> Path:
+        # ANTENNA's files (not HISTORY/SOURCE) owned by uid 65534, mode 0644, dir 0755.
+        ms = self.ms_factory(dest)
+        for item in [ms / "ANTENNA", *(ms / "ANTENNA").iterdir()]:
+            os.chown(item, NOBODY, NOBODY)
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        return ms  # type: ignore[no-any-return]
+
+    def corrected_fixed_multi_spw(self, dest: Path) -> Path:
+        # CORRECTED_DATA (not MODEL_DATA) fixed-shape like spw 0, on 4+16 channel spws.
+        ms = self.ms_factory(dest, nchan=(4, 16))
+        remove_scratch_columns(ms)
+        casacore_script(
+            f"""
+            import numpy as np
+            from casacore import tables as pt
+            t = pt.table({str(ms)!r}, readonly=False, ack=False)
+            shape = t.getcell("DATA", 0).shape
+            desc = pt.makearrcoldesc("CORRECTED_DATA", 0j, shape=list(shape),
+                                     valuetype="complex")
+            t.addcols(pt.maketabdesc(desc))
+            t.close()
+            """
+        )
+        return ms  # type: ignore[no-any-return]
+
+    def keyword_wrong_table(self, dest: Path) -> Path:
+        # The SPECTRAL_WINDOW keyword names the MS's FIELD table.
+        return self._keywords(dest, f't.putkeyword("SPECTRAL_WINDOW", "Table: {dest}/FIELD")')
+
+    def main_column_missing(self, dest: Path) -> Path:
+        # A required main-table column (WEIGHT) removed.
+        return self._keywords(dest, 't.removecols(["WEIGHT"])')
+
+    def spw_column_missing(self, dest: Path) -> Path:
+        # A required SPECTRAL_WINDOW column (CHAN_WIDTH) removed.
+        ms = self.ms_factory(dest)
+        casacore_script(
+            f"""
+            from casacore import tables as pt
+            t = pt.table({str(ms / "SPECTRAL_WINDOW")!r}, readonly=False, ack=False)
+            t.removecols(["CHAN_WIDTH"])
+            t.close()
+            """
+        )
+        return ms  # type: ignore[no-any-return]

@@ -43,6 +43,11 @@ EXPECTED: list[tuple[str, str, set[str], set[str]]] = [
     ("field_id_out_of_range", "unsafe", {"MAIN_ID_OUT_OF_RANGE"}, set()),
     ("antenna1_out_of_range", "safe", {"ANTENNA_ID_OUT_OF_RANGE"}, {"MAIN_ID_OUT_OF_RANGE"}),
     ("model_variable_multi_spw", "safe", {"MODEL_DATA_BY_CASA"}, {"MODEL_DATA_SHAPE_MISMATCH"}),
+    ("lock_newer_than_data", "unsafe", {"LOCK_SYNC_MISMATCH"}, set()),
+    ("corrected_fixed_multi_spw", "unsafe", {"CORRECTED_DATA_FIXED_SHAPE_MISMATCH"}, set()),
+    ("main_column_missing", "unsafe", {"REQUIRED_COLUMN_MISSING"}, set()),
+    ("spw_column_missing", "unsafe", {"REQUIRED_COLUMN_MISSING"}, set()),
+    ("keyword_wrong_table", "unsafe", {"REQUIRED_COLUMN_MISSING"}, set()),
 ]
 
 
@@ -125,3 +130,15 @@ def test_clean_facts_give_no_warning_or_fatal() -> None:
     """On a clean MS's facts every finding is information: the rules raise no false alarm."""
     findings = probe_rules.static_findings(MS, load("clean"))
     assert [f.code for f in findings if f.severity != "info"] == []
+
+
+def test_lock_sync_mismatch_needs_a_column_count_that_differs() -> None:
+    """Only a recorded column count unlike table.dat's is fatal; rows-only sync data is not."""
+    facts = load("lock_newer_than_data")
+    sync = facts["lock_sync"]
+    assert sync["nrcolumn"] != len(facts["columns"]), "the recording must show the mismatch"
+    clean = load("clean")
+    assert clean["lock_sync"]["nrcolumn"] == len(clean["columns"])
+    rows_only = copy.deepcopy(facts)
+    rows_only["lock_sync"]["nrcolumn"] = -1  # TableSyncData::write(nrrow) leaves -1
+    assert "LOCK_SYNC_MISMATCH" not in {f.code for f in probe_rules.static_findings(MS, rows_only)}

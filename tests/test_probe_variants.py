@@ -36,6 +36,11 @@ CASES: list[tuple[str, str, str | None]] = [
     ("truncated_subtable", "unsafe", "PROBE_CRASHED"),
     ("truncated_pointing", "safe", None),
     ("truncated_main_table_dat", "unsafe", "MAIN_TABLE_UNREADABLE"),
+    ("keyword_wrong_table", "unsafe", "REQUIRED_COLUMN_MISSING"),
+    ("main_column_missing", "unsafe", "REQUIRED_COLUMN_MISSING"),
+    ("spw_column_missing", "unsafe", "REQUIRED_COLUMN_MISSING"),
+    ("lock_newer_than_data", "unsafe", "LOCK_SYNC_MISMATCH"),
+    ("no_lock_files", "safe", None),
     # Rows the main table refers to.
     ("spw_rows_removed", "unsafe", "COLUMN_UNREADABLE"),
     ("spw_zero_rows", "unsafe", "SUBTABLE_EMPTY"),
@@ -58,6 +63,7 @@ CASES: list[tuple[str, str, str | None]] = [
     ("model_variable_multi_spw", "safe", None),
     ("model_cells_undefined", "safe", None),
     ("wsclean_predict", "safe", None),
+    ("corrected_fixed_multi_spw", "unsafe", "CORRECTED_DATA_FIXED_SHAPE_MISMATCH"),
 ]
 
 
@@ -137,6 +143,17 @@ def test_keyword_missing_says_the_directory_is_there(variants: Variants, tmp_pat
     assert "DDID_BAD_SPW" not in report.codes()
 
 
+def test_lock_sync_data_is_read_from_a_real_table_lock(ms: Path) -> None:
+    """The sync data casacore left in a simulated MS's table.lock: its rows and columns."""
+    from casaguard._incasacore.static import read_lock_sync
+
+    sync = read_lock_sync(str(ms))
+    assert sync is not None and sync["nrrow"] == 168
+    facts = casaguard.probe(ms).facts
+    assert sync["nrcolumn"] == len(facts["columns"]) == 24
+    assert read_lock_sync(str(ms / "no-such-table")) is None
+
+
 def test_keyword_elsewhere_records_the_path_relative_to_the_ms(
     variants: Variants, tmp_path: Path
 ) -> None:
@@ -186,8 +203,9 @@ def test_every_damaged_variant_is_unsafe_not_bad_input(variants: Variants, tmp_p
     assert exit_code(reports) == EXIT_UNSAFE
 
 
-# Written by another user who left every file world-writable: CASA without root powers
-# writes it, so the probe must not object.
+# Written by another user: world-writable everywhere, or owning only subtables ft and
+# clearcal never write (ANTENNA). CASA without root powers works on both, so the probe
+# must not object.
 _DROP_ROOT_SCRIPT = """
 import json, casaguard
 report = casaguard.probe({probed!r})
@@ -208,14 +226,16 @@ print("RESULT", json.dumps(out))
 """
 
 
-def test_foreign_owned_world_writable_ms_is_safe_without_root_powers(
-    variants: Variants, tmp_path: Path, complist: Path
+@pytest.mark.parametrize("variant", ["foreign_world_writable", "foreign_read_only_antenna"])
+def test_foreign_owned_ms_is_safe_without_root_powers(
+    variants: Variants, tmp_path: Path, complist: Path, variant: str
 ) -> None:
-    """Files of uid 65534 with mode 0666/0777: CASA (no DAC override) works; probe says safe."""
+    """Files of uid 65534 CASA can still use (no DAC override): CASA works; probe says safe."""
+    build: Builder = getattr(variants, variant)
     script = _DROP_ROOT_SCRIPT.format(
-        probed=str(variants.foreign_world_writable(tmp_path / "probed.ms")),
-        ft_ms=str(variants.foreign_world_writable(tmp_path / "ft.ms")),
-        cc_ms=str(variants.foreign_world_writable(tmp_path / "cc.ms")),
+        probed=str(build(tmp_path / "probed.ms")),
+        ft_ms=str(build(tmp_path / "ft.ms")),
+        cc_ms=str(build(tmp_path / "cc.ms")),
         complist=str(complist),
     )
     result = subprocess.run(

@@ -114,6 +114,59 @@ class _Reader:
         return self.attempt(name, column, row, table.getcell, column, row)
 
 
+def read_lock_sync(table: str) -> dict[str, int] | None:
+    """The sync data a writer left in ``table/table.lock``, read as plain bytes (no lock).
+
+    casacore's ``TableSyncData::write`` stores, in AipsIO (big-endian) after the lock
+    file's request area: magic 0xbebebebe, object length, the type string ``"sync"``,
+    a version (1: 32-bit row count, 2: 64-bit), the row count, the column count (-1
+    when only rows were written), the modify counter. A later opener that locks the
+    table (CASA does; the probe does not) syncs from it and refuses a column count that
+    disagrees with table.dat: "Table::lock cannot sync table; another process changed
+    the number of columns".
+
+    Returns:
+        ``{"version", "nrrow", "nrcolumn", "modify_counter"}``, or None when the lock
+        file is missing or holds no sync data.
+    """
+    import struct
+
+    try:
+        with open(os.path.join(table, "table.lock"), "rb") as lock:
+            data = lock.read(1 << 16)
+    except OSError:
+        return None
+    start = data.find(b"\xbe\xbe\xbe\xbe")
+    # magic, object length, type-string length, "sync", version
+    header = start + 4 + 4
+    if start < 0 or data[header : header + 8] != b"\x00\x00\x00\x04sync":
+        return None
+    offset = header + 8
+    try:
+        (version,) = struct.unpack_from(">I", data, offset)
+        offset += 4
+        if version == 1:
+            (nrrow,) = struct.unpack_from(">I", data, offset)
+            offset += 4
+        else:
+            (nrrow,) = struct.unpack_from(">Q", data, offset)
+            offset += 8
+        nrcolumn, modify = struct.unpack_from(">iI", data, offset)
+    except struct.error:
+        return None
+    return {"version": version, "nrrow": nrrow, "nrcolumn": nrcolumn, "modify_counter": modify}
+
+
+def _missing_required(pt: Any, name: str, columns: list[str]) -> list[str]:
+    """Columns the MS v2 definition requires of table ``name`` ("MAIN" or a subtable)."""
+    try:
+        desc = pt.required_ms_desc(name)
+    except Exception:  # noqa: BLE001 -- a table the MS definition does not know
+        return []
+    required = {k for k, v in desc.items() if isinstance(v, dict) and "valueType" in v}
+    return sorted(required - set(columns))
+
+
 def inspect_ms(path: str) -> dict[str, Any]:
     """Read every fact the probe rules need from the MS at ``path``, read-only.
 
@@ -167,6 +220,8 @@ def _read_main(pt: Any, reader: _Reader, main: Any, path: str, facts: dict[str, 
         columns=columns,
         table_type=str((info or {}).get("type", "")),
         keywords=sorted(str(k) for k in keywords),
+        missing_columns=_missing_required(pt, "MAIN", columns),
+        lock_sync=read_lock_sync(path),
     )
     facts["subtables"] = _subtables(pt, reader, path, keywords)
     opener = _Opener(pt, reader, facts["subtables"])
@@ -220,6 +275,7 @@ def _subtables(
         result[name] = entry
         if target is None:
             continue
+        entry["lock_sync"] = read_lock_sync(target)
         mark(f"open subtable {name} ({target})")
         ok, sub = reader.attempt(name, None, None, _open, pt, target)
         if not ok or sub is None:
@@ -231,6 +287,9 @@ def _subtables(
             entry["opens"] = True
             ok, n = reader.attempt(name, None, None, sub.nrows)
             entry["nrows"] = int(n) if ok and n is not None else None
+            _, sub_columns = reader.attempt(name, None, None, sub.colnames)
+            entry["ncolumns"] = len(sub_columns or [])
+            entry["missing_columns"] = _missing_required(pt, name, list(sub_columns or []))
             if entry["nrows"] and name in READ_CELLS:
                 _read_ends(reader, sub, name, entry["nrows"])
         finally:

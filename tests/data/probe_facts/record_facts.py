@@ -45,6 +45,11 @@ RECORDED = (
     "field_id_out_of_range",
     "antenna1_out_of_range",
     "model_variable_multi_spw",
+    "lock_newer_than_data",
+    "corrected_fixed_multi_spw",
+    "main_column_missing",
+    "spw_column_missing",
+    "keyword_wrong_table",
 )
 
 
