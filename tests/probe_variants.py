@@ -488,3 +488,16 @@ class Variants:
             """
         )
         return ms  # type: ignore[no-any-return]
+
+    def foreign_read_only_main_lock(self, dest: Path) -> Path:
+        # Only the main table's table.lock belongs to uid 65534, mode 0644.
+        ms = self.ms_factory(dest)
+        os.chown(ms / "table.lock", NOBODY, NOBODY)
+        (ms / "table.lock").chmod(0o644)
+        return ms  # type: ignore[no-any-return]
+
+    def no_source(self, dest: Path) -> Path:
+        # The optional SOURCE subtable removed, keyword and directory.
+        ms = self._keywords(dest, 't.removekeyword("SOURCE")')
+        shutil.rmtree(ms / "SOURCE")
+        return ms
