@@ -1,6 +1,7 @@
 """The probe's data model: findings with stable codes, and the per-MS report.
 
-A leaf apart from ``errors``: no I/O, nothing that imports CASA. Every code a
+A leaf above ``errors`` (``MsUnsafe`` is a ``CasaguardError``): no I/O, nothing
+that imports CASA. Every code a
 probe can emit is listed in ``CODES`` with its severity and the class of cause
 it belongs to, so that the README table, the JSON output and the tests all
 read one source of truth. Severity belongs to the code, never to the call
@@ -20,11 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from casaguard.errors import CasaguardError
+
 Severity = Literal["fatal", "warn", "info"]
 Verdict = Literal["safe", "unsafe", "unknown"]
 
 #: Bump when the JSON layout changes incompatibly.
 SCHEMA_VERSION = 1
+#: MsUnsafe's message (a batch with probe_first=True skipped the MS).
+UNSAFE_MESSAGE = "skipped {vis}: the probe calls it unsafe ({codes}): {first}"
 
 
 @dataclass(frozen=True)
@@ -313,3 +318,30 @@ class ProbeReport:
             "elapsed_s": round(self.elapsed_s, 4),
             "findings": [f.to_dict() for f in self.findings],
         }
+
+
+class MsUnsafe(CasaguardError):
+    """The probe called an MS unsafe, so a guarded batch (``probe_first=True``) skipped it.
+
+    Attributes:
+        vis: the MS.
+        report: the probe's report (every finding, its verdict).
+        codes: the fatal finding codes, most severe first.
+    """
+
+    def __init__(self, report: ProbeReport) -> None:
+        self.vis = report.ms
+        self.report = report
+        self.codes = [f.code for f in report.fatal()]
+        first = report.fatal()[0] if report.fatal() else None
+        super().__init__(
+            UNSAFE_MESSAGE.format(
+                vis=report.ms,
+                codes=", ".join(self.codes) or "?",
+                first=first.message if first else "?",
+            )
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Dask sends outcomes back from workers: rebuild from the report.
+        return (MsUnsafe, (self.report,))
