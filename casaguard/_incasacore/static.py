@@ -307,13 +307,9 @@ def _read_ends(reader: _Reader, table: Any, name: str, nrows: int) -> None:
     for column in columns or []:
         for row in sorted({0, nrows - 1}):
             mark(f"read {name}.{column} row {row}")
-            ok, defined = reader.attempt(name, column, row, table.iscelldefined, column, row)
+            ok, _ = reader.cell(name, table, column, row)
             if not ok:
                 break
-            if defined:
-                ok, _ = reader.attempt(name, column, row, table.getcell, column, row)
-                if not ok:
-                    break
 
 
 class _Opener:
