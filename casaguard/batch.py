@@ -52,6 +52,7 @@ def map_task(
     strict: bool = True,
     mode: str | None = None,
     progress: Progress | None = None,
+    probe_first: bool = False,
 ) -> list[ItemOutcome]:
     """Run ``casaguard.run_task(name, **p)`` for every ``p`` in ``params``, concurrently.
 
@@ -69,6 +70,9 @@ def map_task(
         jobs: local engine only: calls at once (default: the usable CPUs).
         timeout, lock_timeout, strict, mode: as for ``casaguard.run_task``, per call.
         progress: called as ``progress(outcome, done, total)`` when an item finishes.
+        probe_first: probe each ``vis`` first (``casaguard.probe``, static, read-only)
+            and skip the MSs it calls unsafe: their outcome's error is a
+            ``casaguard.findings.MsUnsafe`` carrying the probe's report.
 
     Returns:
         One ItemOutcome per parameter dict, in input order. A crash never aborts the batch.
@@ -85,7 +89,14 @@ def map_task(
         if not isinstance(item, Mapping):
             raise InvalidInput(f"each item of params must be a mapping, got {item!r}")
         items.append(dict(item))
-    run = _TaskCall(name, timeout=timeout, lock_timeout=lock_timeout, strict=strict, mode=mode)
+    run = _TaskCall(
+        name,
+        timeout=timeout,
+        lock_timeout=lock_timeout,
+        strict=strict,
+        mode=mode,
+        probe_first=probe_first,
+    )
     return run_batch(run, items, name=name, executor=executor, jobs=jobs, progress=progress)
 
 
@@ -194,8 +205,17 @@ class _TaskCall:
     lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S
     strict: bool = True
     mode: str | None = None
+    probe_first: bool = False
 
     def __call__(self, params: Mapping[str, Any]) -> Any:
+        if self.probe_first and params.get("vis"):
+            # A pipeline never writes to an MS the probe knows is bad.
+            from casaguard.findings import MsUnsafe
+            from casaguard.preflight import probe
+
+            report = probe(params["vis"])
+            if report.verdict == "unsafe":
+                raise MsUnsafe(report)
         return run_task(
             self.name,
             timeout=self.timeout,

@@ -254,6 +254,11 @@ def register(commands: Any) -> None:
         metavar="KEY=VALUE",
         help="a task parameter for every MS (repeat)",
     )
+    run.add_argument(
+        "--probe-first",
+        action="store_true",
+        help="probe each MS first (read-only) and skip those it calls unsafe",
+    )
     add_engine_arguments(run)
     add_task_options(run, json_help="print one JSON document instead of the table")
     run.set_defaults(handler=_cmd_run)
@@ -311,6 +316,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             strict=args.strict,
             mode=args.mode,
             progress=bar,
+            probe_first=args.probe_first,
             **engine,
         )
     finally:

@@ -1,8 +1,9 @@
 """``casaguard probe`` and ``casaguard doctor``: the command-line face of the probe.
 
-Exit codes of ``probe``: 0 every MS safe; 1 any MS unsafe; 2 bad input (missing
-path, not an MS, missing subtable, empty MS) or a probe that could not finish
-(verdict ``unknown``). 2 wins over 1. Many MSs run on the batch engine
+Exit codes of ``probe``: 0 every MS safe; 1 any MS unsafe (a damaged MS -- missing
+or empty subtable, empty main table, unreadable column -- is unsafe); 2 bad input
+(missing path, not a table, not an MS) or a probe that could not finish (verdict
+``unknown``). 2 wins over 1. Many MSs run on the batch engine
 (``casaguard.batch.map_probe``: ``--jobs`` threads, or ``--scheduler`` for Dask), with
 the shared terminal progress bar of ``casaguard.cli_batch``. ``doctor`` exits 0, or 1
 when it found a problem (no measures data, a known-bad combination, a clash reproduced).

@@ -1,6 +1,7 @@
 """The probe's data model: findings with stable codes, and the per-MS report.
 
-A leaf apart from ``errors``: no I/O, nothing that imports CASA. Every code a
+A leaf above ``errors`` (``MsUnsafe`` is a ``CasaguardError``): no I/O, nothing
+that imports CASA. Every code a
 probe can emit is listed in ``CODES`` with its severity and the class of cause
 it belongs to, so that the README table, the JSON output and the tests all
 read one source of truth. Severity belongs to the code, never to the call
@@ -20,11 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from casaguard.errors import CasaguardError
+
 Severity = Literal["fatal", "warn", "info"]
 Verdict = Literal["safe", "unsafe", "unknown"]
 
 #: Bump when the JSON layout changes incompatibly.
 SCHEMA_VERSION = 1
+#: MsUnsafe's message (a batch with probe_first=True skipped the MS).
+UNSAFE_MESSAGE = "skipped {vis}: the probe calls it unsafe ({codes}): {first}"
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,11 @@ CODES: dict[str, CodeInfo] = {
     "NOT_AN_MS": CodeInfo(
         "fatal", "input", "a table, but not a MeasurementSet (no DATA column or subtables)"
     ),
+    # A damaged MS is an MS: its findings are unsafe (exit 1), never bad input (exit 2).
     "SUBTABLE_MISSING": CodeInfo(
-        "fatal", "input", "a required subtable is missing or does not open"
+        "fatal", "structure", "a required subtable's keyword names a table that does not exist"
     ),
-    "MS_EMPTY": CodeInfo("fatal", "input", "the main table has no rows"),
+    "MS_EMPTY": CodeInfo("fatal", "structure", "the main table has no rows"),
     # structure: the MS opens, but its metadata contradicts itself
     "SPW_NUM_CHAN_MISMATCH": CodeInfo(
         "fatal",
@@ -80,7 +86,7 @@ CODES: dict[str, CodeInfo] = {
     "MAIN_ID_OUT_OF_RANGE": CodeInfo(
         "fatal",
         "structure",
-        "a main-table DATA_DESC_ID/FIELD_ID/ANTENNA1/ANTENNA2 points past its subtable",
+        "a main-table DATA_DESC_ID or FIELD_ID points past its subtable",
     ),
     "DATA_SHAPE_MISMATCH": CodeInfo(
         "fatal", "structure", "DATA cells disagree with NUM_CORR x NUM_CHAN of their DATA_DESC_ID"
@@ -170,6 +176,45 @@ CODES: dict[str, CodeInfo] = {
     "CANARY_OK": CodeInfo("info", "canary", "guarded ft and clearcal succeeded on a slice copy"),
     "CANARY_FAILED": CodeInfo("fatal", "canary", "guarded ft or clearcal failed on a slice copy"),
     "CANARY_SLICE_FAILED": CodeInfo("fatal", "canary", "copying a slice of the MS failed in CASA"),
+    # issue 14: the MS read as CASA reads it (subtables through the main table's keywords)
+    "MAIN_TABLE_UNREADABLE": CodeInfo(
+        "fatal", "storage", "an MS (it has subtables) whose main table casacore cannot open"
+    ),
+    "SUBTABLE_KEYWORD_MISSING": CodeInfo(
+        "fatal",
+        "structure",
+        "the main table has no keyword for a required subtable: CASA cannot reach it",
+    ),
+    "SUBTABLE_ELSEWHERE": CodeInfo(
+        "warn", "structure", "a subtable keyword names a table not the MS's own (CASA follows it)"
+    ),
+    "SUBTABLE_UNREADABLE": CodeInfo(
+        "fatal", "storage", "a subtable exists but casacore cannot open it"
+    ),
+    "SUBTABLE_EMPTY": CodeInfo(
+        "fatal", "structure", "a subtable ft/clearcal need rows of has none"
+    ),
+    "COLUMN_UNREADABLE": CodeInfo(
+        "fatal", "storage", "casacore raises reading a column of the MS or of a subtable"
+    ),
+    "ANTENNA_ID_OUT_OF_RANGE": CodeInfo(
+        "warn",
+        "structure",
+        "ANTENNA1/ANTENNA2 points past the ANTENNA table (ft and clearcal still work)",
+    ),
+    "REQUIRED_COLUMN_MISSING": CodeInfo(
+        "fatal", "structure", "a column the MS v2 definition requires is missing"
+    ),
+    "LOCK_SYNC_MISMATCH": CodeInfo(
+        "fatal",
+        "storage",
+        "table.lock's sync data disagrees with table.dat (files restored without their lock)",
+    ),
+    "CORRECTED_DATA_FIXED_SHAPE_MISMATCH": CodeInfo(
+        "fatal",
+        "model",
+        "CORRECTED_DATA has one fixed cell shape that some DATA_DESC_ID does not have",
+    ),
     # the probe itself
     "PROBE_TIMEOUT": CodeInfo("warn", "probe", "the probe child ran past its timeout"),
     "PROBE_ERROR": CodeInfo("warn", "probe", "the probe failed for a reason of its own"),
@@ -273,3 +318,30 @@ class ProbeReport:
             "elapsed_s": round(self.elapsed_s, 4),
             "findings": [f.to_dict() for f in self.findings],
         }
+
+
+class MsUnsafe(CasaguardError):
+    """The probe called an MS unsafe, so a guarded batch (``probe_first=True``) skipped it.
+
+    Attributes:
+        vis: the MS.
+        report: the probe's report (every finding, its verdict).
+        codes: the fatal finding codes, most severe first.
+    """
+
+    def __init__(self, report: ProbeReport) -> None:
+        self.vis = report.ms
+        self.report = report
+        self.codes = [f.code for f in report.fatal()]
+        first = report.fatal()[0] if report.fatal() else None
+        super().__init__(
+            UNSAFE_MESSAGE.format(
+                vis=report.ms,
+                codes=", ".join(self.codes) or "?",
+                first=first.message if first else "?",
+            )
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Dask sends outcomes back from workers: rebuild from the report.
+        return (MsUnsafe, (self.report,))

@@ -32,6 +32,18 @@ ID_TARGETS = {
     "ANTENNA1": "ANTENNA",
     "ANTENNA2": "ANTENNA",
 }
+#: Subtables whose rows ft or clearcal read: empty, CASA raises 'SSMIndex::getIndex -
+#: access to non-existing row 0' or segfaults (measured: tests/test_probe_variants.py).
+NEEDS_ROWS = (
+    "ANTENNA",
+    "DATA_DESCRIPTION",
+    "FEED",
+    "FIELD",
+    "POLARIZATION",
+    "SPECTRAL_WINDOW",
+)
+#: Main-table IDs out of range that ft and clearcal survive (measured): a warning only.
+WARN_ONLY_IDS = ("ANTENNA1", "ANTENNA2")
 FIX_RECREATE_MODEL = (
     "recreate MODEL_DATA with CASA (remove the column, then ft(usescratch=True)), "
     "or run ft before WSClean"
@@ -52,23 +64,42 @@ def static_findings(ms: str, facts: dict[str, Any]) -> list[Finding]:
         The findings, unsorted.
     """
     if facts.get("open_error"):
-        return [
-            Finding(
-                "TABLE_UNREADABLE",
-                f"casacore cannot open {ms}: {_first_line(facts['open_error'])}",
-                "check the path, its permissions, and that table.dat is intact",
-                path=ms,
-            )
-        ]
+        return [_open_error(ms, facts)]
     findings: list[Finding] = []
     findings += _input(ms, facts)
     if any(f.code in ("NOT_AN_MS",) for f in findings):
         return findings
+    findings += _reachability(ms, facts)
+    findings += _required_columns(ms, facts)
+    findings += _lock_sync(ms, facts)
+    findings += _read_errors(ms, facts)
     findings += _structure(facts)
     findings += _storage(ms, facts)
     findings += _model(facts)
+    findings += _corrected(facts)
     findings += _provenance(facts)
     return findings
+
+
+def _open_error(ms: str, facts: dict[str, Any]) -> Finding:
+    """An MS whose main table does not open is damaged; a bare table.dat is bad input."""
+    message = _first_line(facts["open_error"])
+    subtables = list(facts.get("subtable_dirs") or [])
+    if subtables:
+        return Finding(
+            "MAIN_TABLE_UNREADABLE",
+            f"casacore cannot open the main table of {ms} (it has subtables "
+            f"{', '.join(subtables[:4])}{' ...' if len(subtables) > 4 else ''}): {message}",
+            FIX_REBUILD,
+            path=f"{ms}/table.dat",
+            data={"error": facts["open_error"], "subtable_dirs": subtables},
+        )
+    return Finding(
+        "TABLE_UNREADABLE",
+        f"casacore cannot open {ms}: {message}",
+        "check the path, its permissions, and that table.dat is intact",
+        path=ms,
+    )
 
 
 def _first_line(text: str) -> str:
@@ -94,20 +125,6 @@ def _input(ms: str, facts: dict[str, Any]) -> list[Finding]:
             )
         ]
     findings = []
-    for name in REQUIRED:
-        entry = subtables.get(name, {})
-        if not entry.get("opens", False):
-            findings.append(
-                Finding(
-                    "SUBTABLE_MISSING",
-                    f"subtable {name} is missing or does not open: "
-                    f"{_first_line(entry.get('error', '?'))}",
-                    f"restore {name} from a copy of the MS; CASA stops with 'Table .../{name} "
-                    "does not exist'",
-                    path=f"{ms}/{name}",
-                    data={"subtable": name},
-                )
-            )
     if facts.get("nrows") == 0:
         findings.append(
             Finding(
@@ -119,6 +136,221 @@ def _input(ms: str, facts: dict[str, Any]) -> list[Finding]:
             )
         )
     return findings
+
+
+def _reachability(ms: str, facts: dict[str, Any]) -> list[Finding]:
+    """Each subtable as CASA reaches it: the main table's keyword, then the table it names."""
+    findings: list[Finding] = []
+    subtables: dict[str, dict[str, Any]] = facts.get("subtables", {})
+    for name in (*REQUIRED, *sorted(set(subtables) - set(REQUIRED))):
+        entry = subtables.get(name, {})
+        required = name in REQUIRED
+        if not entry.get("keyword_is_table"):
+            if not required:
+                continue
+            there = (
+                f"the directory {name} exists, but CASA does not look there"
+                if entry.get("dir_exists")
+                else f"and there is no {name} directory either"
+            )
+            findings.append(
+                Finding(
+                    "SUBTABLE_KEYWORD_MISSING",
+                    f"the main table has no {name} table keyword: {there} (CASA: "
+                    "'NullTable::lock - Table object is empty' or 'Error in "
+                    "Calibrater::initialize()')",
+                    f"restore the main table's {name} keyword (python-casacore: "
+                    f"t.putkeyword('{name}', 'Table: <ms>/{name}')), or restore the MS",
+                    path=f"{ms}/{name}",
+                    data={"subtable": name, "dir_exists": bool(entry.get("dir_exists"))},
+                )
+            )
+            continue
+        data = {"subtable": name, "keyword_path": entry.get("path")}
+        if not entry.get("opens"):
+            error = _first_line(entry.get("error") or "?")
+            if not entry.get("exists", True):
+                findings.append(
+                    Finding(
+                        "SUBTABLE_MISSING",
+                        f"subtable {name}: the main table's keyword names {entry.get('path')}, "
+                        f"which does not exist (CASA stops with '{error}')",
+                        f"restore {name} from a copy of the MS"
+                        + (
+                            f" (a {name} directory exists: point the keyword at it)"
+                            if entry.get("dir_exists")
+                            else ""
+                        ),
+                        path=entry.get("path"),
+                        data=data,
+                    )
+                )
+            else:
+                findings.append(
+                    Finding(
+                        "SUBTABLE_UNREADABLE",
+                        f"subtable {name} ({entry.get('path')}) exists but casacore cannot "
+                        f"open it: {error}",
+                        f"restore {name} from a copy of the MS; {FIX_REBUILD}",
+                        path=entry.get("path"),
+                        data={**data, "error": entry.get("error")},
+                    )
+                )
+            continue
+        if entry.get("relative") not in (name, None):
+            findings.append(
+                Finding(
+                    "SUBTABLE_ELSEWHERE",
+                    f"the {name} keyword points at {entry.get('path')} ({entry.get('relative')} "
+                    f"relative to the MS), not at the MS's own {name}: CASA reads that table",
+                    f"check that {entry.get('path')} is this MS's {name}; copy it into the MS "
+                    "if the MS is to move",
+                    path=entry.get("path"),
+                    data={**data, "relative": entry.get("relative")},
+                )
+            )
+        if name in NEEDS_ROWS and entry.get("nrows") == 0:
+            findings.append(
+                Finding(
+                    "SUBTABLE_EMPTY",
+                    f"subtable {name} has no rows: ft and clearcal read it (CASA: "
+                    f"'SSMIndex::getIndex - access to non-existing row 0 ... of table "
+                    f".../{name}', or a segfault)",
+                    f"restore {name} from a copy of the MS",
+                    path=entry.get("path"),
+                    data={"subtable": name},
+                )
+            )
+    return findings
+
+
+def _required_columns(ms: str, facts: dict[str, Any]) -> list[Finding]:
+    """Columns the MS v2 definition requires: CASA refuses a table without them."""
+    findings = []
+    tables = [("", ms, facts.get("missing_columns") or [])]
+    tables += [
+        (name, entry.get("path"), entry.get("missing_columns") or [])
+        for name, entry in facts.get("subtables", {}).items()
+    ]
+    for name, path, missing in tables:
+        if not missing:
+            continue
+        kind = f"MS{name.title().replace('_', '')}" if name else "MS"
+        where = f"subtable {name}" if name else "the main table"
+        findings.append(
+            Finding(
+                "REQUIRED_COLUMN_MISSING",
+                f"{where} lacks required column(s) {', '.join(missing[:6])}"
+                f"{' ...' if len(missing) > 6 else ''} (CASA: '{kind}(...) - table is not a "
+                f"valid {kind}')",
+                f"restore {name or 'the MS'} from a copy of the MS",
+                path=path,
+                data={"table": name or None, "columns": list(missing)},
+            )
+        )
+    return findings
+
+
+def _lock_sync(ms: str, facts: dict[str, Any]) -> list[Finding]:
+    """A table.lock whose sync data disagrees with table.dat on the column count."""
+    findings = []
+    tables = [("", ms, facts.get("lock_sync"), len(facts.get("columns", [])))]
+    tables += [
+        (name, entry.get("path"), entry.get("lock_sync"), entry.get("ncolumns"))
+        for name, entry in facts.get("subtables", {}).items()
+        if entry.get("opens")
+    ]
+    for name, path, sync, ncolumns in tables:
+        if not sync or ncolumns is None or sync["nrcolumn"] < 0 or sync["nrcolumn"] == ncolumns:
+            continue
+        where = f"subtable {name}" if name else "the main table"
+        findings.append(
+            Finding(
+                "LOCK_SYNC_MISMATCH",
+                f"{where}'s table.lock records {sync['nrcolumn']} columns but table.dat has "
+                f"{ncolumns} (CASA: 'Table::lock cannot sync table; another process changed the "
+                "number of columns'): its files and its table.lock come from different states",
+                "restore table.lock together with the files it belongs to (casaguard "
+                "restore-journal does), or restore the MS from a copy",
+                path=f"{path}/table.lock",
+                data={
+                    "table": name or None,
+                    "lock_columns": sync["nrcolumn"],
+                    "lock_rows": sync["nrrow"],
+                    "columns": ncolumns,
+                    "rows": facts.get("nrows")
+                    if not name
+                    else facts["subtables"][name].get("nrows"),
+                },
+            )
+        )
+    return findings
+
+
+def _read_errors(ms: str, facts: dict[str, Any]) -> list[Finding]:
+    """Every exception casacore raised while the static child read the MS: one per table."""
+    subtables: dict[str, dict[str, Any]] = facts.get("subtables", {})
+    # Main-table columns that fail in their data manager are STORAGE_UNREADABLE's.
+    storage = {
+        str(column)
+        for manager in facts.get("data_managers", {}).get("managers", [])
+        for column in manager.get("read_errors", {})
+    }
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for error in facts.get("read_errors", []):
+        table = str(error.get("table", ""))
+        if error.get("column") is None and table and not subtables.get(table, {}).get("opens"):
+            continue  # a subtable that does not open: _reachability names it
+        if not table and error.get("column") in storage:
+            continue
+        by_table.setdefault(table, []).append(error)
+    findings: list[Finding] = []
+    for table, errors in by_table.items():
+        where = f"subtable {table}" if table else "the main table"
+        path = subtables.get(table, {}).get("path") if table else ms
+        first = errors[0]
+        message = _first_line(str(first.get("error") or first.get("exc_type") or "?"))
+        columns = list(dict.fromkeys(str(e["column"]) for e in errors if e.get("column")))
+        data = {
+            "table": table or None,
+            "column": first.get("column"),
+            "columns": columns,
+            "row": first.get("row"),
+            "exc_type": first.get("exc_type"),
+            "error": first.get("error"),
+        }
+        if first.get("column") is None:
+            findings.append(
+                Finding(
+                    "SUBTABLE_UNREADABLE" if table else "MAIN_TABLE_UNREADABLE",
+                    f"{where} opens but cannot be read: {message}",
+                    FIX_REBUILD,
+                    path=path,
+                    data=data,
+                )
+            )
+            continue
+        row = f" row {first['row']}" if first.get("row") is not None else ""
+        more = f" ({len(columns) - 1} more columns fail too)" if len(columns) > 1 else ""
+        findings.append(
+            Finding(
+                "COLUMN_UNREADABLE",
+                f"column {first['column']} of {where}{row} cannot be read{more}: {message}",
+                f"restore {table or 'the MS'} from a copy; {FIX_REBUILD}",
+                path=path,
+                data=data,
+            )
+        )
+    return findings
+
+
+def _unreadable(facts: dict[str, Any]) -> set[str]:
+    """Tables whose rows the static child could not all read (their row lists are partial)."""
+    return {str(e.get("table", "")) for e in facts.get("read_errors", [])}
+
+
+def _empty(facts: dict[str, Any], name: str) -> bool:
+    return bool(facts.get("subtables", {}).get(name, {}).get("nrows") == 0)
 
 
 def _spw_rows(facts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -167,8 +399,20 @@ def _structure(facts: dict[str, Any]) -> list[Finding]:
                     data={"pol": pol["row"]},
                 )
             )
+    partial = _unreadable(facts)
+    # A subtable not reached, partly unreadable or empty has its own finding already.
+    check_spw = (
+        facts.get("spw") is not None
+        and "SPECTRAL_WINDOW" not in partial
+        and not _empty(facts, "SPECTRAL_WINDOW")
+    )
+    check_pol = (
+        facts.get("polarization") is not None
+        and "POLARIZATION" not in partial
+        and not _empty(facts, "POLARIZATION")
+    )
     for dd in dds:
-        if not 0 <= dd["spw"] < len(spws):
+        if check_spw and not 0 <= dd["spw"] < len(spws):
             findings.append(
                 Finding(
                     "DDID_BAD_SPW",
@@ -178,7 +422,7 @@ def _structure(facts: dict[str, Any]) -> list[Finding]:
                     data={"ddid": dd["row"], "spw": dd["spw"]},
                 )
             )
-        if not 0 <= dd["pol"] < len(pols):
+        if check_pol and not 0 <= dd["pol"] < len(pols):
             findings.append(
                 Finding(
                     "DDID_BAD_POL",
@@ -192,11 +436,14 @@ def _structure(facts: dict[str, Any]) -> list[Finding]:
     for column, (low, high) in facts.get("id_ranges", {}).items():
         target = ID_TARGETS.get(column)
         size = subtables.get(target, {}).get("nrows")
-        if target and size is not None and (low < 0 or high >= size):
+        if target and size and (low < 0 or high >= size):
+            # An empty target is SUBTABLE_EMPTY's finding, not this one's.
+            warn = column in WARN_ONLY_IDS
             findings.append(
                 Finding(
-                    "MAIN_ID_OUT_OF_RANGE",
-                    f"main-table {column} spans {low}..{high} but {target} has {size} rows",
+                    "ANTENNA_ID_OUT_OF_RANGE" if warn else "MAIN_ID_OUT_OF_RANGE",
+                    f"main-table {column} spans {low}..{high} but {target} has {size} rows"
+                    + (" (ft and clearcal do not look the antennas up)" if warn else ""),
                     f"repair {column} or the {target} subtable",
                     data={"column": column, "min": low, "max": high, "rows": size},
                 )
@@ -362,6 +609,34 @@ def _model(facts: dict[str, Any]) -> list[Finding]:
                 "re-run ft (or clearcal(addmodel=True)) to reset MODEL_DATA",
             )
         )
+    return findings
+
+
+def _corrected(facts: dict[str, Any]) -> list[Finding]:
+    """A fixed-shape CORRECTED_DATA that some DATA_DESC_ID's DATA does not fit (clearcal fails)."""
+    corrected = facts.get("coldesc", {}).get("CORRECTED_DATA")
+    if not corrected or not (corrected["fixed_shape"] and corrected.get("shape")):
+        return []
+    findings = []
+    for use in facts.get("ddid_use", []):
+        if use.get("data_shape") and use["data_shape"] != corrected["shape"]:
+            spw = _spw_of(facts, use["ddid"])
+            findings.append(
+                Finding(
+                    "CORRECTED_DATA_FIXED_SHAPE_MISMATCH",
+                    f"CORRECTED_DATA is a fixed-shape column of {corrected['shape'][0]} chan x "
+                    f"{corrected['shape'][1]} corr, but spw {spw} (DATA_DESC_ID {use['ddid']}) "
+                    f"has {use['data_shape'][0]} x {use['data_shape'][1]} (clearcal: 'Table "
+                    "array conformance error')",
+                    "remove CORRECTED_DATA and let clearcal(addcorr=True) recreate it",
+                    data={
+                        "ddid": use["ddid"],
+                        "spw": spw,
+                        "corrected": corrected["shape"],
+                        "data": use["data_shape"],
+                    },
+                )
+            )
     return findings
 
 

@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 from conftest import DROP_ROOT_POWERS
-from probe_variants import Builder, Variants, remove_scratch_columns, run_wsclean
+from probe_variants import (
+    Builder,
+    Variants,
+    real_verdict,
+    reality,
+    remove_scratch_columns,
+    run_wsclean,
+)
 
 import casaguard
 
@@ -28,37 +35,6 @@ import casaguard
 def variants(ms_factory: Any) -> Variants:
     """The variant builders, sharing the session's simulated MSs."""
     return Variants(ms_factory)
-
-
-# --- reality: what guarded ft and clearcal do ---------------------------------------------
-
-
-def _reality(build: Builder, tmp_path: Path, complist: Path) -> dict[str, str]:
-    """Run guarded ft(usescratch=True) and clearcal, each on its own fresh copy of the variant."""
-    outcome = {}
-    for task in ("ft", "clearcal"):
-        ms = build(tmp_path / f"reality-{task}.ms")
-        try:
-            if task == "ft":
-                # journal=False: reality is what CASA itself does, not the journal's pre-flight.
-                casaguard.ft(
-                    vis=str(ms),
-                    complist=str(complist),
-                    usescratch=True,
-                    timeout=300,
-                    lock_timeout=3,
-                    journal=False,
-                )
-            else:
-                casaguard.clearcal(vis=str(ms), timeout=300, lock_timeout=3, journal=False)
-            outcome[task] = "ok"
-        except casaguard.CasaCrash as error:
-            outcome[task] = error.kind
-    return outcome
-
-
-def _real_verdict(outcome: dict[str, str]) -> str:
-    return "safe" if all(kind == "ok" for kind in outcome.values()) else "unsafe"
 
 
 CASES = [
@@ -87,10 +63,11 @@ def test_prediction_matches_reality(
     """The static probe's verdict equals what guarded ft+clearcal really do, and names the cause."""
     build: Builder = getattr(variants, variant)
     report = casaguard.probe(build(tmp_path / "probed.ms"))
-    reality = _reality(build, tmp_path, complist)
+    measured = reality(build, tmp_path, complist)
     assert code in report.codes(), report.to_dict()
     assert report.verdict == verdict, report.to_dict()
-    assert _real_verdict(reality) == verdict, reality
+    assert real_verdict(measured) == verdict, measured
+    assert "PROBE_ERROR" not in report.codes(), report.to_dict()
 
 
 DROP_ROOT_CASES = [
@@ -143,7 +120,7 @@ def test_prediction_matches_reality_without_root_powers(
     assert lines, result.stderr[-3000:]
     out = json.loads(lines[0][len("RESULT ") :])
     assert out["verdict"] == verdict, out
-    assert _real_verdict({t: out[t] for t in ("ft", "clearcal")}) == verdict, out
+    assert real_verdict({t: out[t] for t in ("ft", "clearcal")}) == verdict, out
     if code is not None:
         assert code in out["codes"], out
     else:
