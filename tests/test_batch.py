@@ -128,7 +128,7 @@ def test_outcomes_in_input_order_and_crashes_do_not_abort(tmp_path: Path, no_lea
 def test_map_task_runs_ft_on_each_ms(
     ms_factory: Any, complist: Path, tmp_path: Path, no_leaks: None
 ) -> None:
-    """Guarded ft over two real MSs and a missing path: MSs get the model, the path an error."""
+    """Guarded ft over two real MSs and a missing path: MSs get the model, the path InvalidInput."""
     good = [ms_factory(tmp_path / f"{name}.ms") for name in ("a", "b")]
     missing = tmp_path / "missing.ms"
     outcomes = casaguard.map_task(
@@ -137,11 +137,11 @@ def test_map_task_runs_ft_on_each_ms(
         jobs=2,
         timeout=300,
     )
-    assert [o.kind for o in outcomes] == ["ok", "ok", "casa-error"]
+    assert [o.kind for o in outcomes] == ["ok", "ok", "invalid-input"]
     assert [o.label for o in outcomes] == [str(p) for p in [*good, missing]]
     error = outcomes[2].error
-    assert isinstance(error, casaguard.CasaTaskError) and error.vis == str(missing)
-    assert "must be a path that exists" in error.exc_message
+    # The same pre-flight as casaguard.ft: one line, before any CASA child.
+    assert isinstance(error, casaguard.InvalidInput) and "no such Measurement Set" in str(error)
     for ms in good:
         assert _model_amplitude(ms) == pytest.approx(1.0, rel=1e-3)
 
@@ -268,8 +268,8 @@ def test_dask_map_task_by_scheduler_address(
         executor=cluster.scheduler_address,
         timeout=300,
     )
-    assert [o.kind for o in outcomes] == ["ok", "casa-error"]
-    assert "must be a path that exists" in outcomes[1].error.exc_message  # type: ignore[union-attr]
+    assert [o.kind for o in outcomes] == ["ok", "invalid-input"]
+    assert "no such Measurement Set" in str(outcomes[1].error)
     assert client.run(os.getpid) == workers_before
     assert _model_amplitude(good) == pytest.approx(1.0, rel=1e-3)
 
@@ -344,16 +344,16 @@ def test_cli_run_bad_input_exits_2(args: list[str]) -> None:
 
 
 def test_cli_run_unknown_task_exits_2(tmp_path: Path) -> None:
-    """A task casatasks does not have is bad input (exit 2), reported in the table."""
+    """A task casatasks does not have is bad input (exit 2): one line for the batch, no table."""
     result = subprocess.run(
-        [*CLI, "run", "nosuchtask", "--vis", str(tmp_path / "a.ms")],
+        [*CLI, "run", "nosuchtask", "--vis", str(tmp_path / "a.ms"), str(tmp_path / "b.ms")],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == cli_batch.EXIT_BAD_INPUT
-    assert "invalid-input" in result.stdout and "no task named 'nosuchtask'" in result.stdout
-    assert "1 items: 0 ok, 1 failed (invalid-input 1)" in result.stdout
+    assert result.stderr == "casaguard: casatasks has no task named 'nosuchtask'\n"
+    assert result.stdout == ""
 
 
 def test_summary_table_names_every_input(tmp_path: Path, no_leaks: None) -> None:
