@@ -307,21 +307,22 @@ def _run_cli_with_tty_stderr(args: list[str]) -> tuple[int, str, str]:
 def test_cli_run_json_progress_and_exit_code(
     ms_factory: Any, complist: Path, tmp_path: Path
 ) -> None:
-    """`casaguard run ft` draws a bar on a TTY, prints one JSON document, exits 1 on a failure."""
+    """`casaguard run ft` draws a bar on a TTY, prints one JSON document, exits 2 on a bad input."""
     good = ms_factory(tmp_path / "good.ms")
     missing = tmp_path / "missing.ms"
     code, stdout, terminal = _run_cli_with_tty_stderr(
         ["run", "ft", "--vis", str(good), str(missing), "--param", f"complist={complist}",
          "--param", "usescratch=true", "--jobs", "2", "--json", "--timeout", "300"]
     )  # fmt: skip
-    assert code == cli_batch.EXIT_FAILED, terminal
+    # A missing MS is refused by ft's pre-flight (as `casaguard ft` does): bad input, exit 2.
+    assert code == cli_batch.EXIT_BAD_INPUT, terminal
     document = json.loads(stdout)
     totals = (document["task"], document["total"], document["ok"], document["failed"])
     assert totals == ("ft", 2, 1, 1)
-    assert [o["kind"] for o in document["outcomes"]] == ["ok", "casa-error"]
+    assert [o["kind"] for o in document["outcomes"]] == ["ok", "invalid-input"]
     assert document["outcomes"][1]["input"]["vis"] == str(missing)
     assert document["outcomes"][0]["input"]["usescratch"] is True
-    assert "2/2" in terminal and f"FAILED {missing}: casa-error" in terminal
+    assert "2/2" in terminal and f"FAILED {missing}: invalid-input" in terminal
     assert _model_amplitude(good) == pytest.approx(1.0, rel=1e-3)
 
 
