@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import DROP_ROOT_POWERS, casa_script, casacore_script
 from next_reader import assert_casa_can_use
@@ -610,3 +611,30 @@ def test_job_dirs_of_a_killed_caller_are_removed_by_the_next_process(
     assert names == sorted([f"casaguard-{dead}-attacker", f"casaguard-{dead}-symlink0", live.name])
     assert ours.is_dir()
     ours.rmdir()
+
+
+BATCH_CALLER = """
+import casaguard
+from casaguard import crashers
+casaguard.map_call(crashers.hang, [120.0, 120.0], casa=False, jobs=2)
+"""
+
+
+def test_sigterm_to_a_batch_caller_kills_every_child_and_removes_job_dirs(tmp_path: Path) -> None:
+    """kill -TERM to a caller running a local batch: all children die, no job dir, exit -15."""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    caller = subprocess.Popen(
+        [sys.executable, "-c", BATCH_CALLER], env={**os.environ, "TMPDIR": str(jobs)}
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(jobs.glob("casaguard-*/progress"))) < 2:
+        time.sleep(0.05)
+    assert len(list(jobs.glob("casaguard-*/progress"))) == 2, "both items must be running"
+    children = psutil.Process(caller.pid).children(recursive=True)
+    subprocess.run(["kill", "-TERM", str(caller.pid)], check=True)
+    assert caller.wait(timeout=60) == -signal.SIGTERM
+    assert [p.name for p in jobs.iterdir()] == []
+    # The sandbox children were killed by the handler; the template follows its caller.
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
