@@ -10,13 +10,22 @@ The request and the reply are serialised with ``dill``: functions defined in
 the caller's ``__main__`` and closures travel *by value* (``recurse=True``
 sends only the globals they use), so the child never imports the caller's
 script -- and with it, never re-creates a python-casacore + casatools clash.
+
+A job dir is named ``casaguard-<owner pid>-<random>`` and holds an ``owner``
+file (pid and pid namespace). A caller that was SIGKILLed cannot remove its
+own; the next casaguard process that makes a job dir removes such leftovers
+(``remove_stale_job_dirs``): only its own user's, only in the same pid
+namespace, only when the owner pid is dead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,10 @@ REPLY = "reply.pkl"
 OUTPUT = "output.log"
 CASA_LOG = "casa.log"
 PROGRESS = "progress"
+OWNER = "owner"
+JOB_PREFIX = "casaguard-"
+#: ``casaguard-<pid>-<mkdtemp's 8 random characters>``.
+_JOB_NAME = re.compile(r"^casaguard-(?P<pid>\d+)-[A-Za-z0-9_]{8}$")
 
 #: The child leaves only through os._exit with one of these codes.
 EXIT_REPLIED = 0
@@ -99,8 +112,10 @@ class Ref:
 class JobDir:
     """A private temporary directory for one guarded call; removed on close."""
 
-    def __init__(self, prefix: str = "casaguard-") -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+    def __init__(self) -> None:
+        remove_stale_job_dirs(once=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{os.getpid()}-"))
+        (self.path / OWNER).write_text(f"{os.getpid()} {_pid_namespace()}\n")
 
     def __enter__(self) -> JobDir:
         return self
@@ -139,6 +154,67 @@ class JobDir:
             return self.file(PROGRESS).read_text().split()
         except FileNotFoundError:
             return []
+
+
+_swept: set[str] = set()
+_sweep_lock = threading.Lock()
+
+
+def remove_stale_job_dirs(*, once: bool = False) -> list[Path]:
+    """Remove job dirs that a killed casaguard process of this user left in the temp dir.
+
+    A dir is removed only when its name and ``owner`` file say it belongs to a
+    pid that is dead in this pid namespace, and it is a real directory (not a
+    symlink) owned by this user.
+
+    Args:
+        once: do nothing if this process already swept this temp dir.
+
+    Returns:
+        The directories removed.
+    """
+    root = tempfile.gettempdir()
+    with _sweep_lock:
+        if once and root in _swept:
+            return []
+        _swept.add(root)
+    removed = []
+    namespace = _pid_namespace()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _JOB_NAME.match(entry.name)
+        if match is None:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            st = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.getuid():
+                continue
+            pid_text, ns = (Path(entry.path) / OWNER).read_text().split()
+            if int(pid_text) != int(match["pid"]) or ns != namespace or _alive(int(pid_text)):
+                continue
+            shutil.rmtree(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "?"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_request(directory: Path) -> Request:

@@ -36,7 +36,7 @@ from casaguard import runner
 from casaguard.batch_item import ItemOutcome
 from casaguard.engines import Progress, run_batch
 from casaguard.errors import InvalidInput, SetupError
-from casaguard.tasks import call, callable_name, run_task
+from casaguard.tasks import call, callable_name, check_task, run_task
 
 __all__ = ["ItemOutcome", "map_call", "map_probe", "map_task"]
 
@@ -78,17 +78,26 @@ def map_task(
         One ItemOutcome per parameter dict, in input order. A crash never aborts the batch.
 
     Raises:
-        InvalidInput: a bad task name, ``jobs`` < 1, an unreachable scheduler.
+        InvalidInput: before any child starts, for the whole batch: a bad or
+            unknown task name, a parameter the task does not take, a bad
+            timeout; ``jobs`` < 1, an unreachable scheduler. (A missing or
+            read-only MS is that item's outcome.)
         SetupError: a Dask engine was asked for but ``distributed`` is not installed.
         KeyboardInterrupt: after the running children were killed (local engine).
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise InvalidInput(f"task name must be an identifier, got {name!r}")
     items: list[dict[str, Any]] = []
     for item in params:
         if not isinstance(item, Mapping):
             raise InvalidInput(f"each item of params must be a mapping, got {item!r}")
         items.append(dict(item))
+    # Once for the whole batch, before any child: a misspelt parameter is one
+    # error, not one per MS after paying for CASA each time.
+    check_task(
+        name,
+        [key for item in items for key in item],
+        timeout=timeout,
+        lock_timeout=lock_timeout,
+    )
     run = _TaskCall(
         name,
         timeout=timeout,

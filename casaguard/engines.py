@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from casaguard import runner
 from casaguard.batch_item import ItemOutcome, execute, traceback_text
 from casaguard.errors import InvalidInput, SetupError
 
@@ -148,19 +149,21 @@ def _run_local(
         max_workers=min(jobs, len(items)), thread_name_prefix="casaguard-batch"
     )
     futures: dict[concurrent.futures.Future[ItemOutcome], int] = {}
-    try:
-        for index, item in enumerate(items):
-            futures[pool.submit(execute, run, index, item, cancel)] = index
-        return _gather(concurrent.futures.as_completed(futures), futures, items, progress)
-    except BaseException:
-        # Ctrl-C reaches only this thread: tell the others to kill their children.
-        cancel.set()
-        for future in futures:
-            future.cancel()
-        log.warning("batch_cancelled", running=sum(f.running() for f in futures))
-        raise
-    finally:
-        pool.shutdown(wait=True)
+    # SIGTERM / SIGHUP reach only the main thread, like Ctrl-C: handled alike.
+    with runner.signals_as_interrupts():
+        try:
+            for index, item in enumerate(items):
+                futures[pool.submit(execute, run, index, item, cancel)] = index
+            return _gather(concurrent.futures.as_completed(futures), futures, items, progress)
+        except BaseException:
+            # Ctrl-C reaches only this thread: tell the others to kill their children.
+            cancel.set()
+            for future in futures:
+                future.cancel()
+            log.warning("batch_cancelled", running=sum(f.running() for f in futures))
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
 
 def _run_executor(

@@ -19,10 +19,17 @@ branch on data, not on message text::
         +-- ChildError                  a Python exception in the child (traceback: __cause__)
             +-- CasaTaskError           a casatask raised (casa-error)
             +-- CasaSevereError         a casatask returned but logged SEVERE (casa-severe)
+
+A ``ChildError`` whose remote exception was a built-in ``X`` (``RuntimeError``,
+``ValueError``, ``AssertionError``, ``TypeError``, ``KeyError``...) is raised as an
+instance of a cached subclass of both (``child_error_class``), so a drop-in's
+callers keep catching ``except RuntimeError:`` as they did around plain casatasks.
 """
 
 from __future__ import annotations
 
+import builtins
+import threading
 from typing import Any
 
 # Message formats are module constants so that tests match the very same text.
@@ -31,6 +38,13 @@ CASA_ERROR_SUFFIX = ', after CASA error "{casa_error}"'
 LOG_SUFFIX = "; CASA log: {log_path}"
 EVIDENCE_SUFFIX = "; evidence: {folder}"
 LOCKED_MESSAGE = "{vis} is locked by pid {holder_pid} ({holder_cmdline}); waited {waited_s:.1f} s"
+SELF_LOCKED_MESSAGE = (
+    "{task}: this process (pid {pid}) holds a {lock_type} lock on {table}: a "
+    "casacore.tables.table object is still open; close it or call .unlock() first"
+)
+LOCK_WAIT_KILLED = (
+    "; {task} (pid {child_pid}) was blocked on it for {waited_s:.1f} s and was killed"
+)
 
 
 class CasaguardError(Exception):
@@ -266,3 +280,55 @@ EXCEPTION_FOR_KIND: dict[str, type[CasaCrash]] = {
     "casa-error": CasaTaskError,
     "casa-severe": CasaSevereError,
 }
+
+
+_dual_classes: dict[tuple[type[ChildError], type[BaseException]], type[ChildError]] = {}
+_dual_lock = threading.Lock()
+
+
+def child_error_class(cls: type[ChildError], exc_type: str) -> type[ChildError]:
+    """``cls``, or a cached subclass of ``cls`` and the built-in exception ``exc_type``.
+
+    Args:
+        cls: ``ChildError`` or one of its subclasses (``CasaTaskError``).
+        exc_type: the remote exception's qualified name, e.g. ``builtins.RuntimeError``.
+
+    Returns:
+        A class whose instances are both ``cls`` and the built-in (e.g.
+        ``CasaTaskError`` + ``RuntimeError``), or ``cls`` when ``exc_type`` is not a
+        built-in ``Exception`` that can be mixed in.
+    """
+    module, _, name = exc_type.rpartition(".")
+    base = getattr(builtins, name, None) if module == "builtins" else None
+    if not isinstance(base, type) or not issubclass(base, Exception) or issubclass(cls, base):
+        return cls
+    key = (cls, base)
+    with _dual_lock:
+        if key not in _dual_classes:
+            try:
+                base("probe")  # UnicodeDecodeError & co. need more than a message
+                dual = type(
+                    f"{cls.__name__}[{base.__name__}]",
+                    (cls, base),
+                    # KeyError would quote the message; every casaguard error reads alike.
+                    {"__module__": __name__, "__reduce__": _reduce_dual, "__str__": _str},
+                )
+            except TypeError:  # a base with an incompatible C layout or signature
+                dual = cls
+            _dual_classes[key] = dual
+        return _dual_classes[key]
+
+
+def _str(self: BaseException) -> str:
+    return Exception.__str__(self)
+
+
+def _reduce_dual(self: ChildError) -> tuple[Any, ...]:
+    # A dynamic class cannot be pickled by name: rebuild it by its two bases.
+    base = next(b for b in type(self).__bases__ if b.__module__ == "builtins")
+    parent = next(b for b in type(self).__bases__ if issubclass(b, ChildError))
+    return (_rebuild_dual, (parent, f"builtins.{base.__name__}", self.args), self.__dict__)
+
+
+def _rebuild_dual(parent: type[ChildError], exc_type: str, args: tuple[Any, ...]) -> ChildError:
+    return child_error_class(parent, exc_type)(*args)

@@ -4,25 +4,31 @@
 
     caller (never imports CASA)                 child: fresh interpreter, or fork
     ---------------------------                 of the warm template (_template)
-    run(spec)
-     |- MS locked by another pid? wait, or MsLocked
+    run(spec)       timeout / lock_timeout checked; SIGTERM/SIGHUP -> like Ctrl-C
+     |- MS or a subtable locked by THIS pid? MsLocked at once
+     |- ... by another pid? wait up to lock_timeout, or MsLocked
      |- JobDir: request.pkl ------------------> dup2 fd 1/2 -> output.log
      |- launcher.start(job) ---spawn / fork---> read request, casalog -> casa.log
      |- wait on the child's pidfd               func(*args, **kwargs)
      |     timeout / Ctrl-C: kill the tree      reply.pkl, then os._exit(0)
-     |     child blocked on a lock: kill        ... or dies: SIGABRT, SIGSEGV...
+     |     lock wait > lock_timeout: kill       ... or dies: SIGABRT, SIGSEGV...
      |- reply + output tail + casa.log <------
      |- classify -> value, or a CasaCrash subclass (evidence kept in crash dir)
      '- JobDir removed on every path
 
 The runner owns process lifetime. Launchers (``SpawnLauncher`` here, the warm
 template in ``_template``) only start a child and report its exit status.
+Every kill the runner performs is reported as its reason (``TaskTimeout``,
+``MsLocked``, ``KeyboardInterrupt`` for a cancel), never as a bare signal.
+``timeout`` counts from the moment the child exists: starting the warm template
+is not the task's time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import select
 import signal
@@ -30,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +48,16 @@ import structlog
 from casaguard import _job, casaenv, classify, crashdir, locks, oom
 from casaguard.errors import (
     EXCEPTION_FOR_KIND,
+    LOCK_WAIT_KILLED,
     LOCKED_MESSAGE,
+    SELF_LOCKED_MESSAGE,
     CasaCrash,
     CasaguardError,
     ChildError,
     InvalidInput,
     MsLocked,
     RemoteTraceback,
+    child_error_class,
 )
 
 log = structlog.get_logger("casaguard")
@@ -74,6 +83,9 @@ class CallSpec:
         is_casa_task: exceptions are CASA errors, and SEVERE lines count.
         setup_casa_log: import casatools in the child and capture the CASA log.
         vis: the MS the call uses, for lock checks and logs.
+        may_write: the call may write to ``vis``: a READ lock on it (or on a
+            subtable in ``written``) blocks it too, not only a WRITE lock.
+        written: subtables of ``vis`` the call writes (``SOURCE``, ``HISTORY``...).
         timeout: seconds before the child's tree is killed (None: no limit).
         lock_timeout: seconds to wait for another process's lock on ``vis``.
         strict: a normal return with SEVERE lines raises CasaSevereError.
@@ -91,6 +103,8 @@ class CallSpec:
     is_casa_task: bool = False
     setup_casa_log: bool = True
     vis: str | None = None
+    may_write: bool = False
+    written: tuple[str, ...] = ()
     timeout: float | None = None
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
     strict: bool = True
@@ -215,14 +229,59 @@ def choose_launcher(mode: str | None, flavor: str = "casa") -> Launcher:
     return launcher
 
 
+def check_timeouts(timeout: Any, lock_timeout: Any) -> None:
+    """Reject a ``timeout`` / ``lock_timeout`` that is not a positive, finite number of seconds.
+
+    Raises:
+        InvalidInput: zero, negative, NaN, infinite (``timeout`` may be None), or not a number.
+    """
+    for name, value, optional in (
+        ("timeout", timeout, True),
+        ("lock_timeout", lock_timeout, False),
+    ):
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput(
+                f"{name} must be a number of seconds, got {type(value).__name__} {value!r}"
+            )
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidInput(
+                f"{name} must be a positive, finite number of seconds, got {value!r}"
+            )
+
+
+@dataclass
+class _Kill:
+    """Why ``_wait`` killed the child (None of these: it exited by itself)."""
+
+    timed_out: bool = False
+    lock: locks.TableConflict | None = None
+    lock_waited_s: float = 0.0
+    lock_unknown: bool = False
+
+
 def run(spec: CallSpec) -> Any:
     """Run ``spec`` in a child and return its value, or raise a classified CasaCrash.
 
+    SIGTERM and SIGHUP to this process are handled like Ctrl-C while the call
+    runs (from the main thread only): the child's tree is killed, a journal
+    restores the MS, the job dir is removed, and then the signal's default
+    action ends the process.
+
     Raises:
         CasaCrash: a subclass naming the crash kind (see ``casaguard.errors``).
-        InvalidInput: the child rejected the input (unknown task, bad parameter).
+        MsLocked: this process itself, or another one past ``lock_timeout``, holds
+            a lock on ``vis`` or one of its subtables.
+        InvalidInput: a bad timeout; the child rejected the input.
         KeyboardInterrupt: after the child's tree was killed and cleaned up.
     """
+    check_timeouts(spec.timeout, spec.lock_timeout)
+    with signals_as_interrupts():
+        return _run(spec)
+
+
+def _run(spec: CallSpec) -> Any:
     if spec.vis:
         _wait_for_lock(spec)
     launcher = spec.launcher or choose_launcher(spec.mode, spec.flavor)
@@ -243,11 +302,12 @@ def run(spec: CallSpec) -> Any:
         if spec.journal is not None:
             snapshot = spec.journal.before()
         oom_before = oom.oom_kill_count()
-        started = time.monotonic()
         handle = launcher.start(job)
+        # The clock starts once the child exists: a template's start-up is not the task's time.
+        started = time.monotonic()
         try:
             log.info("task_started", task=spec.name, vis=spec.vis, pid=handle.pid, mode=handle.mode)
-            exit_code, timed_out, lock_holder = _wait(handle, spec, started)
+            exit_code, kill = _wait(handle, spec, started)
         except BaseException:
             # Ctrl-C can land between start() and _wait's own guard.
             handle.kill_tree()
@@ -262,8 +322,7 @@ def run(spec: CallSpec) -> Any:
             job,
             handle,
             exit_code=exit_code,
-            timed_out=timed_out,
-            lock_holder=lock_holder,
+            kill=kill,
             elapsed=elapsed,
             oom_killed=bool(oom_before is not None and oom_after and oom_after > oom_before),
             snapshot=snapshot,
@@ -274,10 +333,8 @@ def run(spec: CallSpec) -> Any:
         job.close()
 
 
-def _wait(
-    handle: ChildHandle, spec: CallSpec, started: float
-) -> tuple[int | None, bool, locks.LockHolder | None]:
-    """Wait for the child; kill it on timeout, on a lock it cannot get, or on Ctrl-C."""
+def _wait(handle: ChildHandle, spec: CallSpec, started: float) -> tuple[int | None, _Kill]:
+    """Wait for the child; kill it on timeout, on a lock it waits for too long, or on Ctrl-C."""
     try:
         pidfd: int | None = os.pidfd_open(handle.pid)
     except (OSError, AttributeError):
@@ -294,21 +351,23 @@ def _wait(
                 select.select([pidfd], [], [], wait_s)
             status = handle.exit_status() if _gone(handle, pidfd) else None
             if status is not None:
-                return status, False, None
+                return status, _Kill()
             if cancel is not None and cancel.is_set():
                 raise KeyboardInterrupt("guarded call cancelled")
             now = time.monotonic()
             if spec.timeout is not None and now - started > spec.timeout:
                 handle.kill_tree()
-                return handle.exit_status(), True, None
-            if spec.vis and handle.pid in locks.waiting_pids(spec.vis):
-                blocked_since = blocked_since or now
-                if now - blocked_since > spec.lock_timeout:
-                    holder = locks.blocking_holder(spec.vis)
-                    handle.kill_tree()
-                    return handle.exit_status(), False, holder
-            else:
+                return handle.exit_status(), _Kill(timed_out=True)
+            conflict, waiting = _lock_wait(handle, spec)
+            if conflict is None and not waiting:
                 blocked_since = None
+                continue
+            blocked_since = blocked_since or now
+            if now - blocked_since > spec.lock_timeout:
+                handle.kill_tree()
+                kill = _Kill(lock=conflict, lock_waited_s=now - blocked_since)
+                kill.lock_unknown = conflict is None
+                return handle.exit_status(), kill
     except BaseException:
         # Ctrl-C or any error in the parent: the child must not outlive the call.
         handle.kill_tree()
@@ -316,6 +375,24 @@ def _wait(
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _lock_wait(handle: ChildHandle, spec: CallSpec) -> tuple[locks.TableConflict | None, bool]:
+    """Is the child waiting for a table lock? (the conflicting lock, blocked in the kernel).
+
+    casacore first polls for a lock without blocking (about 30 s, invisible to
+    the kernel), then blocks in ``fcntl``: a conflicting lock held by anyone
+    outside the child's tree counts from the first poll, so ``lock_timeout``
+    holds on both phases.
+    """
+    if not spec.vis:
+        return None, False
+    child_tree = {handle.pid, *(p.pid for p in _descendants(handle.pid))}
+    conflicts = locks.table_conflicts(
+        spec.vis, writes=spec.may_write, written=spec.written, exclude=child_tree
+    )
+    waiting = bool(child_tree & locks.waiting_pids(spec.vis, subtables=True))
+    return (conflicts[0] if conflicts else None), waiting
 
 
 def _gone(handle: ChildHandle, pidfd: int | None) -> bool:
@@ -331,8 +408,7 @@ def _finish(
     handle: ChildHandle,
     *,
     exit_code: int | None,
-    timed_out: bool,
-    lock_holder: locks.LockHolder | None,
+    kill: _Kill,
     elapsed: float,
     oom_killed: bool,
     snapshot: Any,
@@ -351,12 +427,13 @@ def _finish(
         replied_ok=None if reply is None else reply.ok,
         error_text=None if reply is None or reply.ok else reply.exc_message,
         error_is_casa=spec.is_casa_task,
-        timed_out=timed_out,
+        timed_out=kill.timed_out,
         oom_killed=oom_killed,
         strict=spec.strict and spec.is_casa_task,
     )
     fields = {"task": spec.name, "vis": spec.vis, "pid": handle.pid, "elapsed_s": round(elapsed, 4)}
-    if verdict.ok and lock_holder is None:
+    killed_for_lock = kill.lock is not None or kill.lock_unknown
+    if verdict.ok and not killed_for_lock:
         if verdict.teardown_crash:
             log.warning(
                 "teardown_crash",
@@ -372,7 +449,7 @@ def _finish(
         log.info("task_finished", **fields, outcome="invalid-input")
         raise InvalidInput(reply.exc_message)
     error = _exception(
-        spec, job, handle, exit_code, verdict, reply, output, casa_log, elapsed, lock_holder
+        spec, job, handle, exit_code, verdict, reply, output, casa_log, elapsed, kill
     )
     if snapshot is not None and verdict.kind not in ("casa-severe",):
         _restore(spec, snapshot, error)
@@ -414,9 +491,9 @@ def _exception(
     output: str,
     casa_log: str,
     elapsed: float,
-    lock_holder: locks.LockHolder | None,
+    kill: _Kill,
 ) -> CasaCrash:
-    kind = "locked" if lock_holder is not None else verdict.kind
+    kind = "locked" if kill.lock is not None or kill.lock_unknown else verdict.kind
     facts: dict[str, Any] = {
         "kind": kind,
         "task": spec.name,
@@ -440,25 +517,8 @@ def _exception(
     facts["log_path"] = str(kept) if kept else None
     facts["stderr_tail"] = output[-8192:]
     facts["casa_log_tail"] = "\n".join(casa_log.splitlines()[-40:])
-    if lock_holder is not None:
-        message = (
-            LOCKED_MESSAGE.format(
-                vis=spec.vis,
-                holder_pid=lock_holder.pid,
-                holder_cmdline=lock_holder.cmdline,
-                waited_s=spec.lock_timeout,
-            )
-            + f"; {spec.name} (pid {handle.pid}) was blocked on it and was killed"
-        )
-        facts["detail"] = lock_holder.describe()
-        facts["signature"] = classify.signature("locked", "lock held by another process")
-        return MsLocked(
-            message,
-            holder_pid=lock_holder.pid,
-            holder_cmdline=lock_holder.cmdline,
-            lock_type=lock_holder.lock_type,
-            **facts,
-        )
+    if kind == "locked":
+        return _lock_kill_error(spec, handle, kill, facts)
     exc_type = reply.exc_type if reply is not None and not reply.ok else None
     message = classify.crash_message(
         task=spec.name,
@@ -472,6 +532,9 @@ def _exception(
     )
     cls = EXCEPTION_FOR_KIND.get(kind, CasaCrash)
     if issubclass(cls, ChildError):
+        if kind in ("casa-error", "python-error") and exc_type:
+            # Also the remote built-in (RuntimeError...): callers' `except` clauses keep working.
+            cls = child_error_class(cls, exc_type)
         return cls(
             message,
             exc_type=exc_type or "",
@@ -502,21 +565,87 @@ def _original_exception(reply: _job.Reply | None) -> BaseException | None:
     return original if isinstance(original, BaseException) else None
 
 
+def _lock_kill_error(
+    spec: CallSpec, handle: ChildHandle, kill: _Kill, facts: dict[str, Any]
+) -> MsLocked:
+    """The MsLocked for a child that was killed because it waited too long for a lock."""
+    suffix = LOCK_WAIT_KILLED.format(
+        task=spec.name, child_pid=handle.pid, waited_s=kill.lock_waited_s
+    )
+    facts["signature"] = classify.signature("locked", "lock held by another process")
+    conflict = kill.lock
+    if conflict is None:
+        facts["detail"] = "blocked on a table lock whose holder is gone"
+        return MsLocked(f"{spec.vis}: a table lock blocked the call" + suffix, **facts)
+    holder = conflict.holder
+    facts["detail"] = f"{holder.describe()} on {conflict.table}"
+    if conflict.is_self:
+        message = _self_locked_message(spec, conflict)
+    else:
+        message = LOCKED_MESSAGE.format(
+            vis=conflict.table,
+            holder_pid=holder.pid,
+            holder_cmdline=holder.cmdline,
+            waited_s=kill.lock_waited_s,
+        )
+    return MsLocked(
+        message + suffix,
+        holder_pid=holder.pid,
+        holder_cmdline=holder.cmdline,
+        lock_type=holder.lock_type,
+        **facts,
+    )
+
+
+def _self_locked_message(spec: CallSpec, conflict: locks.TableConflict) -> str:
+    return SELF_LOCKED_MESSAGE.format(
+        task=spec.name or "call",
+        pid=conflict.holder.pid,
+        lock_type=conflict.holder.lock_type.upper(),
+        table=conflict.table,
+    )
+
+
 def _wait_for_lock(spec: CallSpec) -> None:
-    """Wait while another process holds the MS's lock; raise MsLocked past lock_timeout."""
+    """Refuse at once a lock this process holds; wait up to lock_timeout for another's.
+
+    A lock held by this very process (a ``casacore.tables.table`` it still has
+    open) would block the child forever, since the caller waits for the child:
+    it is reported before any child starts.
+
+    Raises:
+        MsLocked: this process holds a conflicting lock on the MS or a subtable,
+            or another process still does after ``lock_timeout``.
+    """
     assert spec.vis is not None
     deadline = time.monotonic() + spec.lock_timeout
     started = time.monotonic()
     announced = False
     while True:
-        holder = locks.blocking_holder(spec.vis)
-        if holder is None:
+        conflicts = locks.table_conflicts(spec.vis, writes=spec.may_write, written=spec.written)
+        if not conflicts:
             return
+        conflict = conflicts[0]
+        holder = conflict.holder
+        signature = classify.signature("locked", "lock held by another process")
+        if conflict.is_self:
+            raise MsLocked(
+                _self_locked_message(spec, conflict),
+                holder_pid=holder.pid,
+                holder_cmdline=holder.cmdline,
+                lock_type=holder.lock_type,
+                task=spec.name,
+                vis=spec.vis,
+                detail=f"{holder.describe()} on {conflict.table} (this process)",
+                elapsed_s=0.0,
+                signature=classify.signature("locked", "lock held by this process"),
+            )
         if not announced:
             log.warning(
                 "lock_wait",
                 task=spec.name,
                 vis=spec.vis,
+                table=str(conflict.table),
                 holder_pid=holder.pid,
                 holder_cmdline=holder.cmdline,
                 lock_type=holder.lock_type,
@@ -527,7 +656,7 @@ def _wait_for_lock(spec: CallSpec) -> None:
             waited = time.monotonic() - started
             raise MsLocked(
                 LOCKED_MESSAGE.format(
-                    vis=spec.vis,
+                    vis=conflict.table,
                     holder_pid=holder.pid,
                     holder_cmdline=holder.cmdline,
                     waited_s=waited,
@@ -537,11 +666,84 @@ def _wait_for_lock(spec: CallSpec) -> None:
                 lock_type=holder.lock_type,
                 task=spec.name,
                 vis=spec.vis,
-                detail=holder.describe(),
+                detail=f"{holder.describe()} on {conflict.table}",
                 elapsed_s=round(waited, 4),
-                signature=classify.signature("locked", "lock held by another process"),
+                signature=signature,
             )
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+#: The signals a batch scheduler or a terminal sends to stop a job (``timeout(1)``,
+#: Slurm, Kubernetes: SIGTERM; a closed terminal or ssh session: SIGHUP).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class CallerSignalled(BaseException):
+    """Raised in the main thread when SIGTERM/SIGHUP arrives during a guarded call.
+
+    A ``BaseException``, like KeyboardInterrupt, so that ``except Exception``
+    in between cannot swallow it; ``signals_as_interrupts`` turns it back into
+    the signal's default action once the call has cleaned up.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"guarded call interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+_signal_depth = 0
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP stop it the way Ctrl-C does.
+
+    Only in the main thread (the only one Python delivers signals to) and only
+    for a signal whose handler is the default: a handler the application
+    installed (or SIG_IGN, e.g. under ``nohup``) is left alone -- if it raises,
+    the call cleans up as on Ctrl-C. On the first such signal the block gets
+    ``CallerSignalled`` (the child tree is killed, the journal restores the MS,
+    the job dir is removed by the block's own cleanup); then the previous
+    handlers are back and the signal is re-sent, so the process ends with the
+    signal's status, as it would have without casaguard. Re-entrant: an inner
+    call inside an outer block (a batch) installs nothing.
+    """
+    global _signal_depth
+    if threading.current_thread() is not threading.main_thread() or _signal_depth:
+        yield
+        return
+    previous: dict[int, Any] = {}
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:  # a second signal must not interrupt the cleanup
+            raise CallerSignalled(signum)
+
+    for signum in STOP_SIGNALS:
+        current = signal.getsignal(signum)
+        if current == signal.SIG_DFL:
+            previous[signum] = current
+            signal.signal(signum, handler)
+    _signal_depth += 1
+    try:
+        yield
+    except CallerSignalled as caught:
+        _restore_handlers(previous)
+        log.warning("caller_signalled", signal=signal.Signals(caught.signum).name)
+        os.kill(os.getpid(), caught.signum)  # default action: the process ends here
+        raise  # only if the signal did not end the process
+    finally:
+        _signal_depth -= 1
+        _restore_handlers(previous)
+        if received and not isinstance(sys.exc_info()[1], CallerSignalled):
+            # A signal that landed after the block had finished its work still ends the process.
+            os.kill(os.getpid(), received[0])
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def kill_tree(pid: int, grace: float = KILL_GRACE_S) -> None:

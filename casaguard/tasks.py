@@ -15,6 +15,15 @@ real task objects), followed by casaguard's own keyword-only options:
   journal), snapshot what the task writes, and restore it if the child
   crashes, times out or is killed (default True; see ``casaguard.journal``).
   ``journal=False`` skips both: CASA meets the MS as it is.
+
+Every entry point -- ``ft``, ``clearcal``, ``run_task``, ``map_task``, and the
+CLI's ``ft``, ``clearcal``, ``task`` and ``run`` -- goes through ``run_task``,
+so all get the same checks before any child starts: the task name and its
+parameter names against the installed casatasks (read from its source, see
+``casaguard.task_params``), ``timeout`` / ``lock_timeout``, and for a task that
+writes (``journal.task_writes`` knows ``ft`` and ``clearcal``; ``writes=``
+declares others) the MS pre-flight and the journal. A lock on the MS or a
+subtable held by the calling process itself is an immediate ``MsLocked``.
 """
 
 from __future__ import annotations
@@ -24,16 +33,37 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from casaguard import journal as _journal
-from casaguard import runner
+from casaguard import runner, task_params
 from casaguard._job import Ref
 from casaguard.errors import InvalidInput
 from casaguard.msinput import require_ms
+
+#: casatasks that only read the MS: a READ lock held elsewhere does not block them.
+READ_ONLY_TASKS = frozenset({"listobs", "listhistory", "listpartition", "listvis", "visstat"})
 
 
 def _vis_path(vis: Any) -> str | None:
     if isinstance(vis, str) and vis:
         return os.path.abspath(vis)
     return None
+
+
+def check_task(name: Any, params: Any, *, timeout: Any = None, lock_timeout: Any = 1.0) -> None:
+    """Everything about a task call that can be rejected before any child starts.
+
+    Args:
+        name: the casatask's name.
+        params: its parameter names (a dict's keys will do).
+        timeout, lock_timeout: casaguard's options for the call.
+
+    Raises:
+        InvalidInput: a bad task name, unknown task or parameter (with a "did
+            you mean" for near misses), or a bad timeout -- one line.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InvalidInput(f"task name must be an identifier, got {name!r}")
+    runner.check_timeouts(timeout, lock_timeout)
+    task_params.check_parameters(name, params)
 
 
 def run_task(
@@ -55,32 +85,41 @@ def run_task(
         timeout, lock_timeout, strict, mode, journal: see the module docstring.
         writes: main-table columns and/or subtables of ``vis`` the task may
             change (e.g. ``["FLAG", "FLAG_ROW"]``): ``vis`` is checked first and
-            they are journaled. Without it nothing is checked or journaled:
-            CASA's own checks speak (``ft`` and ``clearcal`` declare theirs).
+            they are journaled. Default: what ``journal.task_writes`` knows of
+            the task (``ft``, ``clearcal``); for other tasks nothing is journaled.
         **params: the task's own parameters.
 
     Returns:
         Whatever the task returns (it must be picklable).
 
     Raises:
-        InvalidInput: no such task, or a parameter it does not take; for a task
-            that writes: ``vis`` missing, not an MS, read-only, or too little
-            free space for the journal (nothing was changed).
+        InvalidInput: no such task, or a parameter it does not take; a bad
+            ``timeout`` / ``lock_timeout``; for a task that writes: ``vis``
+            missing, not an MS, read-only, or too little free space for the
+            journal (nothing was changed; no child was started).
+        MsLocked: this process holds a lock on ``vis`` or a subtable (an open
+            ``casacore.tables.table``), or another process past ``lock_timeout``.
         CasaCrash: a subclass naming how the child failed; ``restored`` says
-            whether the journal put the MS back.
+            whether the journal put the MS back. A CASA exception ``X``
+            (RuntimeError...) gives a ``CasaTaskError`` that is also an ``X``.
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise InvalidInput(f"task name must be an identifier, got {name!r}")
+    check_task(name, params, timeout=timeout, lock_timeout=lock_timeout)
     if isinstance(writes, str):
         writes = [writes]
-    declared = None if writes is None else tuple(writes)
+    declared = tuple(writes) if writes is not None else _journal.task_writes(name, params)
     vis = _vis_path(params.get("vis"))
+    if declared is not None:
+        # A writer's vis must be an MS, journal or not: a missing path is one
+        # line here, not a CASA AssertionError after paying for a child.
+        require_ms(params.get("vis"))
     spec = runner.CallSpec(
         func=Ref("casaguard._incasa.tasks", "run_casatask"),
         args=(name, params),
         name=name,
         is_casa_task=True,
         vis=vis,
+        may_write=declared is not None or name not in READ_ONLY_TASKS,
+        written=(*(declared or ()), *_journal.ALWAYS_SUBTABLES),
         timeout=timeout,
         lock_timeout=lock_timeout,
         strict=strict,
@@ -126,10 +165,8 @@ def ft(
             CASA's message (e.g. ``Please make sure MS is writable ...``);
             ``restored`` is True when the journal put the MS back.
     """
-    require_ms(vis)
     return run_task(
         "ft",
-        writes=_journal.task_writes("ft", {"usescratch": usescratch}),
         vis=vis,
         field=field,
         spw=spw,
@@ -169,10 +206,8 @@ def clearcal(
         InvalidInput: ``vis`` missing, not an MS, read-only, or no room for the journal.
         CasaCrash: a subclass naming how the child failed (``restored``: see ``ft``).
     """
-    require_ms(vis)
     return run_task(
         "clearcal",
-        writes=_journal.task_writes("clearcal", {}),
         vis=vis,
         field=field,
         spw=spw,

@@ -128,7 +128,7 @@ def test_outcomes_in_input_order_and_crashes_do_not_abort(tmp_path: Path, no_lea
 def test_map_task_runs_ft_on_each_ms(
     ms_factory: Any, complist: Path, tmp_path: Path, no_leaks: None
 ) -> None:
-    """Guarded ft over two real MSs and a missing path: MSs get the model, the path an error."""
+    """Guarded ft over two real MSs and a missing path: MSs get the model, the path InvalidInput."""
     good = [ms_factory(tmp_path / f"{name}.ms") for name in ("a", "b")]
     missing = tmp_path / "missing.ms"
     outcomes = casaguard.map_task(
@@ -137,11 +137,11 @@ def test_map_task_runs_ft_on_each_ms(
         jobs=2,
         timeout=300,
     )
-    assert [o.kind for o in outcomes] == ["ok", "ok", "casa-error"]
+    assert [o.kind for o in outcomes] == ["ok", "ok", "invalid-input"]
     assert [o.label for o in outcomes] == [str(p) for p in [*good, missing]]
     error = outcomes[2].error
-    assert isinstance(error, casaguard.CasaTaskError) and error.vis == str(missing)
-    assert "must be a path that exists" in error.exc_message
+    # The same pre-flight as casaguard.ft: one line, before any CASA child.
+    assert isinstance(error, casaguard.InvalidInput) and "no such Measurement Set" in str(error)
     for ms in good:
         assert _model_amplitude(ms) == pytest.approx(1.0, rel=1e-3)
 
@@ -268,8 +268,8 @@ def test_dask_map_task_by_scheduler_address(
         executor=cluster.scheduler_address,
         timeout=300,
     )
-    assert [o.kind for o in outcomes] == ["ok", "casa-error"]
-    assert "must be a path that exists" in outcomes[1].error.exc_message  # type: ignore[union-attr]
+    assert [o.kind for o in outcomes] == ["ok", "invalid-input"]
+    assert "no such Measurement Set" in str(outcomes[1].error)
     assert client.run(os.getpid) == workers_before
     assert _model_amplitude(good) == pytest.approx(1.0, rel=1e-3)
 
@@ -307,21 +307,22 @@ def _run_cli_with_tty_stderr(args: list[str]) -> tuple[int, str, str]:
 def test_cli_run_json_progress_and_exit_code(
     ms_factory: Any, complist: Path, tmp_path: Path
 ) -> None:
-    """`casaguard run ft` draws a bar on a TTY, prints one JSON document, exits 1 on a failure."""
+    """`casaguard run ft` draws a bar on a TTY, prints one JSON document, exits 2 on a bad input."""
     good = ms_factory(tmp_path / "good.ms")
     missing = tmp_path / "missing.ms"
     code, stdout, terminal = _run_cli_with_tty_stderr(
         ["run", "ft", "--vis", str(good), str(missing), "--param", f"complist={complist}",
          "--param", "usescratch=true", "--jobs", "2", "--json", "--timeout", "300"]
     )  # fmt: skip
-    assert code == cli_batch.EXIT_FAILED, terminal
+    # A missing MS is refused by ft's pre-flight (as `casaguard ft` does): bad input, exit 2.
+    assert code == cli_batch.EXIT_BAD_INPUT, terminal
     document = json.loads(stdout)
     totals = (document["task"], document["total"], document["ok"], document["failed"])
     assert totals == ("ft", 2, 1, 1)
-    assert [o["kind"] for o in document["outcomes"]] == ["ok", "casa-error"]
+    assert [o["kind"] for o in document["outcomes"]] == ["ok", "invalid-input"]
     assert document["outcomes"][1]["input"]["vis"] == str(missing)
     assert document["outcomes"][0]["input"]["usescratch"] is True
-    assert "2/2" in terminal and f"FAILED {missing}: casa-error" in terminal
+    assert "2/2" in terminal and f"FAILED {missing}: invalid-input" in terminal
     assert _model_amplitude(good) == pytest.approx(1.0, rel=1e-3)
 
 
@@ -344,16 +345,16 @@ def test_cli_run_bad_input_exits_2(args: list[str]) -> None:
 
 
 def test_cli_run_unknown_task_exits_2(tmp_path: Path) -> None:
-    """A task casatasks does not have is bad input (exit 2), reported in the table."""
+    """A task casatasks does not have is bad input (exit 2): one line for the batch, no table."""
     result = subprocess.run(
-        [*CLI, "run", "nosuchtask", "--vis", str(tmp_path / "a.ms")],
+        [*CLI, "run", "nosuchtask", "--vis", str(tmp_path / "a.ms"), str(tmp_path / "b.ms")],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == cli_batch.EXIT_BAD_INPUT
-    assert "invalid-input" in result.stdout and "no task named 'nosuchtask'" in result.stdout
-    assert "1 items: 0 ok, 1 failed (invalid-input 1)" in result.stdout
+    assert result.stderr == "casaguard: casatasks has no task named 'nosuchtask'\n"
+    assert result.stdout == ""
 
 
 def test_summary_table_names_every_input(tmp_path: Path, no_leaks: None) -> None:

@@ -90,11 +90,18 @@ def test_missing_ms_is_rejected_before_any_child(tmp_path: Path) -> None:
 
 
 def test_casa_parameter_check_is_a_casa_error_with_a_cause(tmp_path: Path) -> None:
-    """CASA's own rejection of a missing vis (via run_task) is a CasaTaskError naming the cause."""
+    """CASA's own rejection of a missing vis (listobs: no pre-flight) is a CasaTaskError + cause."""
     with pytest.raises(casaguard.CasaTaskError) as caught:
-        casaguard.run_task("ft", vis=str(tmp_path / "nope.ms"), complist="x.cl")
+        casaguard.run_task("listobs", vis=str(tmp_path / "nope.ms"))
     assert "the vis parameter must be a path that exists" in (caught.value.casa_error or "")
     assert "likely cause: the vis path does not exist" in str(caught.value)
+    assert isinstance(caught.value, AssertionError), "plain listobs raises AssertionError"
+
+
+def test_known_writer_via_run_task_gets_the_pre_flight(tmp_path: Path) -> None:
+    """run_task("ft") on a missing vis is the same one-line InvalidInput as casaguard.ft."""
+    with pytest.raises(casaguard.InvalidInput, match="no such Measurement Set"):
+        casaguard.run_task("ft", vis=str(tmp_path / "nope.ms"), complist="x.cl")
 
 
 def _run_unprivileged(script: str, tmp_path: Path) -> dict[str, object]:

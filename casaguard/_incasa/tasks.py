@@ -35,3 +35,19 @@ def task_parameters(name: str) -> list[tuple[str, Any]]:
     """Return ``[(parameter, default), ...]`` of a casatask, in order."""
     task = _task(name)
     return [(p.name, p.default) for p in inspect.signature(task).parameters.values()]
+
+
+def all_task_parameter_names() -> dict[str, tuple[list[str], bool]]:
+    """``{task: ([parameter, ...], takes **kwargs)}`` for every task of casatasks."""
+    import casatasks
+
+    found = {}
+    for name in casatasks.__all__:
+        task = getattr(casatasks, name, None)
+        defined_in = getattr(task, "__module__", None) or type(task).__module__
+        if task is None or not callable(task) or not defined_in.startswith("casatasks."):
+            continue
+        params = inspect.signature(task).parameters.values()
+        names = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        found[name] = (names, any(p.kind is p.VAR_KEYWORD for p in params))
+    return found
