@@ -38,7 +38,13 @@ def read_all(path, seen):
             if rows == 0:
                 continue
             try:
-                t.getcol(column)
+                # getcol of a column whose cells differ in shape (DATA of an MS
+                # with spws of different widths) kills python-casacore 3.8.1
+                # with "double free or corruption": read it row by row instead.
+                if t.isvarcol(column):
+                    t.getvarcol(column)
+                else:
+                    t.getcol(column)
             except RuntimeError as error:
                 # A column with no cells written yet is legal (undefined
                 # cells); any other failure is the verdict.
