@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 
 from casaguard import access, repair_journal
-from casaguard.errors import MsLocked
+from casaguard.errors import InvalidInput, MsLocked
 from casaguard.findings import CODES, SCHEMA_VERSION, Finding, ProbeReport, Verdict
 from casaguard.preflight import probe
 from casaguard.repair_fixes import (
@@ -398,7 +398,17 @@ def _apply(
         planned = [_planned(f, current) for f in fixes]
         report.fixes += planned
         files = sorted({rel for f in fixes for rel in f.backup_files()})
-        backup = repair_journal.take_backup(path, files, fixes=[f.name for f in fixes])
+        try:
+            backup = repair_journal.take_backup(path, files, fixes=[f.name for f in fixes])
+        except InvalidInput as error:
+            # No backup, no change: a repair that could not be undone is not made.
+            for entry in planned:
+                entry.status, entry.error = "failed", f"no backup: {error}"
+            report.notes.append("nothing was changed in this round: the backup failed")
+            if done:
+                _rollback(report, done)
+            report.after = probe(path, timeout=timeout)
+            return
         report.backups.append(str(backup))
         for fix, entry in zip(fixes, planned, strict=True):
             try:

@@ -500,3 +500,55 @@ def test_vis_list_prints_the_outcome_table(variants: Variants, tmp_path: Path) -
     rows = [line for line in result.stdout.splitlines() if line[:4].strip().isdigit()]
     assert len(rows) == 2 and "safe; no fixes" in rows[0]
     assert "no fix: " in rows[1] and "SPW_NUM_CHAN_MISMATCH" in rows[1]
+
+
+# ----------------------------------------------------------------------------- rollback
+
+
+_NEARLY_FULL = r"""
+set -eu
+mount -t tmpfs -o size=2m tmpfs "$MNT"
+cp -r "$SRC" "$MNT/obs.ms"
+# Room for the backup (table.dat + the SSM files + the journal's margin), but not for the
+# MODEL_DATA that CASA would have to create once the misfit one is gone.
+avail=$(df --output=avail -B1 "$MNT" | tail -1)
+fallocate -l $((avail - 250 * 1024)) "$MNT/filler"
+sha() { (cd "$MNT/obs.ms" && find . -type f -exec sha1sum {} + | sort); }
+sha > "$OUT/before"
+set +e
+"$PY" -m casaguard.cli repair --apply --no-verify --json "$MNT/obs.ms" > "$OUT/report"
+echo $? > "$OUT/rc"
+set -e
+sha > "$OUT/after"
+"""
+
+
+def test_a_repair_that_verification_rejects_is_rolled_back(
+    variants: Variants, tmp_path: Path
+) -> None:
+    """On a nearly full disk, removing the misfit MODEL_DATA would leave no room for CASA to
+    create a new one: the re-probe finds DISK_SPACE_LOW, and the removal is rolled back to the
+    last byte (table.lock included)."""
+    ms = variants.multi_spw_fixed_model(tmp_path / "fixed.ms")
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "MNT": str(mnt),
+        "SRC": str(ms),
+        "OUT": str(out),
+        "PY": sys.executable,
+    }
+    subprocess.run(
+        ["unshare", "--mount", "bash", "-c", _NEARLY_FULL],
+        check=True, env=env, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    report = json.loads((out / "report").read_text())["reports"][0]
+    assert (out / "rc").read_text().strip() == "1", report
+    assert report["rolled_back"] is True and report["verified"] is False, report
+    assert [f["status"] for f in report["fixes"]] == ["rolled-back"]
+    assert any("DISK_SPACE_LOW" in note for note in report["notes"]), report["notes"]
+    assert "MODEL_DATA_FIXED_SHAPE_MISMATCH" in report["codes_after"]
+    assert (out / "before").read_text() == (out / "after").read_text()
