@@ -448,6 +448,10 @@ def _verification_problem(report: RepairReport, after: ProbeReport) -> str | Non
     """Why the re-probe says the repair did not work, or None."""
     assert report.before is not None
     fixed = {f.code for f in report.fixes if f.status == "applied"}
+    if after.bad_input or after.verdict == "unknown":
+        return "the MS no longer probes cleanly: " + ", ".join(
+            f.code for f in after.findings if f.group in ("input", "probe")
+        )
     still = sorted(fixed & set(after.codes()))
     if still:
         return f"still found: {', '.join(still)}"

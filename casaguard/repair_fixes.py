@@ -384,8 +384,8 @@ class DiscardJournal:
         "--discard-journal: the MS is to be kept as it is now, not rolled back to the journal"
     )
     consequence: str = (
-        "the journal moves into the backup: `casaguard restore-journal <backup>/discarded/...` "
-        "can still roll the MS back to it"
+        "the journal moves into <backup>/discarded/: moved back beside the MS it is an orphan "
+        "again, and `casaguard repair --apply` rolls the MS back to it"
     )
     _moved: Path | None = None
 

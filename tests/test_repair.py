@@ -401,8 +401,23 @@ casaguard.ft(vis=sys.argv[1], complist=sys.argv[2], usescratch=True)
 """
 
 
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+@pytest.fixture
+def big_ms(ms_factory: Any, tmp_path: Path) -> Path:
+    """An MS large enough (16,800 rows) that a SIGKILL can land in the middle of ft's write."""
+    path: Path = ms_factory(tmp_path / "big.ms", n_times=600)
+    return path
+
+
 def _orphan_journal(ms: Path, complist: Path, tmp_path: Path) -> Path:
-    """SIGKILL a caller of guarded ft once its snapshot exists: the journal stays, orphaned."""
+    """SIGKILL a caller of guarded ft mid-write: the journal stays, orphaned."""
     caller = subprocess.Popen(
         [sys.executable, "-c", _KILLED_CALLER, str(ms), str(complist)],
         cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path)},
@@ -415,7 +430,15 @@ def _orphan_journal(ms: Path, complist: Path, tmp_path: Path) -> Path:
         manifest = ready[0] if ready else None
         time.sleep(0.002)
     assert manifest is not None
-    child = json.loads(manifest.read_text())["pid"]
+    snapshot = json.loads(manifest.read_text())
+    child = snapshot["pid"]
+    # Kill the caller once the task has begun to write: then the MS really is half-written.
+    model = [rel for rel in snapshot["saved"] if rel.startswith("table.f4_TSM")]  # MODEL_DATA
+    assert model, snapshot["saved"]
+    while time.monotonic() < deadline and all(
+        _stat(ms / rel) == snapshot["stat"].get(rel) for rel in model
+    ):
+        time.sleep(0.002)
     caller.kill()
     caller.wait(timeout=30)
     deadline = time.monotonic() + 30
@@ -426,13 +449,16 @@ def _orphan_journal(ms: Path, complist: Path, tmp_path: Path) -> Path:
 
 
 def test_orphan_journal_is_finished_and_the_ms_is_as_before_the_dead_call(
-    ms: Path, complist: Path, tmp_path: Path
+    big_ms: Path, complist: Path, tmp_path: Path
 ) -> None:
-    """A caller SIGKILLed mid-ft leaves an orphan journal: the dry run plans to finish it (exit 1,
-    nothing changed); --apply restores the MS to before the dead call and removes the journal."""
+    """A caller SIGKILLed mid-ft leaves an orphan journal and a half-written MS: the dry run
+    plans to finish it (exit 1, nothing changed); --apply restores the MS to before the dead
+    call and removes the journal."""
+    ms = big_ms
     before = _bytes(ms)
     orphan = _orphan_journal(ms, complist, tmp_path)
     half = _tree(ms)
+    assert _bytes(ms) != before, "the SIGKILL must land after ft began to write"
     dry = casaguard.repair(ms)
     assert dry.exit_code == 1 and [f.fix for f in dry.fixes] == ["finish-journal"]
     assert _tree(ms) == half and orphan.is_dir()
@@ -447,13 +473,16 @@ def test_orphan_journal_is_finished_and_the_ms_is_as_before_the_dead_call(
 
 
 def test_discard_journal_keeps_the_ms_and_the_journal_stays_restorable(
-    ms: Path, complist: Path, tmp_path: Path
+    big_ms: Path, complist: Path, tmp_path: Path
 ) -> None:
-    """--discard-journal keeps the MS as it is and moves the orphan into the backup, from where
-    `casaguard restore-journal` still rolls the MS back to before the dead call."""
+    """--discard-journal keeps the half-written MS as it is (CASA accepts it) and moves the
+    orphan into the backup; moved back beside the MS it is an orphan again, and repair
+    --apply then rolls the MS back to before the dead call."""
+    ms = big_ms
     before = _bytes(ms)
     orphan = _orphan_journal(ms, complist, tmp_path)
     half = _bytes(ms)
+    assert half != before, "the SIGKILL must land after ft began to write"
     result = _cli(["repair", "--apply", "--discard-journal", "--json", str(ms)])
     report = _json(result)["reports"][0]
     assert result.returncode == 0, report
@@ -462,8 +491,9 @@ def test_discard_journal_keeps_the_ms_and_the_journal_stays_restorable(
     assert repair_journal.pending_journals(str(ms)) == []
     moved = Path(report["backups"][0]) / repair_journal.DISCARDED / orphan.name
     assert moved.is_dir()
-    undo = _cli(["restore-journal", str(moved)])
-    assert undo.returncode == 0, undo.stderr
+    os.replace(moved, orphan)
+    again = casaguard.repair(ms, apply=True)
+    assert again.exit_code == 0 and [f.fix for f in again.fixes] == ["finish-journal"]
     assert _bytes(ms) == before
     assert_casa_can_use(ms, complist)
 
