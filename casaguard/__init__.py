@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "Outcome": "casaguard.outcome",
     "ProbeReport": "casaguard.findings",
     "RemoteTraceback": "casaguard.errors",
-    "RepairReport": "casaguard.repair",
+    "RepairReport": "casaguard.repair_ms",
     "Segfault": "casaguard.errors",
     "SetupError": "casaguard.errors",
     "TaskTimeout": "casaguard.errors",
@@ -49,7 +49,7 @@ _EXPORTS: dict[str, str] = {
     "map_task": "casaguard.batch",
     "probe": "casaguard.preflight",
     "probe_many": "casaguard.preflight",
-    "repair": "casaguard.repair",
+    "repair": "casaguard.repair_ms",
     "run_command": "casaguard.command",
     "run_task": "casaguard.tasks",
     "simulate_ms": "casaguard.simulate",
@@ -138,6 +138,6 @@ if TYPE_CHECKING:
     from casaguard.findings import Finding, ProbeReport
     from casaguard.outcome import Outcome
     from casaguard.preflight import probe, probe_many
-    from casaguard.repair import RepairReport, repair
+    from casaguard.repair_ms import RepairReport, repair
     from casaguard.simulate import make_point_complist, simulate_ms
     from casaguard.tasks import call, clearcal, ft, run_task

@@ -200,7 +200,7 @@ def map_repair(
     Returns:
         One ItemOutcome per path, in input order; an ok outcome's ``value`` is the RepairReport.
     """
-    from casaguard.repair import repair
+    from casaguard.repair_ms import repair
 
     run = functools.partial(repair, **repair_options)
     return run_batch(

@@ -21,7 +21,7 @@ from casaguard import batch, cli_batch
 from casaguard.batch_item import ItemOutcome
 from casaguard.errors import InvalidInput
 from casaguard.findings import SCHEMA_VERSION
-from casaguard.repair import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSAFE, RepairReport
+from casaguard.repair_ms import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSAFE, RepairReport
 
 EPILOG = (
     "Exit codes: 0 nothing to do or repaired; 1 unsafe findings remain (a dry run with fixes "
