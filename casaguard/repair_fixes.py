@@ -77,10 +77,11 @@ class Change:
                 if shared
                 else f" and its {self.before['dm_type']} files {', '.join(self.before['files'])}"
             )
-            return (
-                f"remove column {self.before['column']} (fixed shape {self.before['shape']}) "
-                f"from {self.path}{where}"
+            shape = self.before.get("shape")
+            layout = f"{self.before.get('value_type', '?')}" + (
+                f", fixed shape {shape}" if shape else ""
             )
+            return f"remove column {self.before['column']} ({layout}) from {self.path}{where}"
         if self.action == "finish-journal":
             return (
                 f"finish the restore in {self.path}: put back {self.before['files']} file(s) "
@@ -244,7 +245,7 @@ def _no_casacore_writer(table: str) -> Iterator[None]:
 
 @dataclass
 class RemoveModelColumn:
-    """A fixed-shape MODEL_DATA that does not fit every spectral window: remove it.
+    """A MODEL_DATA CASA cannot write (fixed shape that misfits a spw, or not complex): remove it.
 
     CASA's ft(usescratch=True) and clearcal(addmodel=True) then create MODEL_DATA
     the way CASA wants it (a variable-shape TiledShapeStMan column). The model
@@ -256,8 +257,9 @@ class RemoveModelColumn:
     column: str = "MODEL_DATA"
     name: str = "remove-column"
     why: str = (
-        "a fixed-shape column cannot hold the cells of spectral windows of another shape; CASA "
-        "creates MODEL_DATA as a variable-shape column when it does not exist"
+        "CASA cannot write its model into this MODEL_DATA (a fixed shape cannot hold the cells "
+        "of spectral windows of another shape; a non-complex column cannot hold visibilities); "
+        "CASA creates MODEL_DATA itself, variable-shape and complex, when it does not exist"
     )
     consequence: str = (
         "the model in MODEL_DATA is lost (kept in the backup): re-predict it with ft "
@@ -289,6 +291,7 @@ class RemoveModelColumn:
                 {
                     "column": self.column,
                     "shape": info.get("shape"),
+                    "value_type": info.get("value_type"),
                     "dm_type": info.get("type"),
                     "dm_name": info.get("name"),
                     "shared_with": shared,

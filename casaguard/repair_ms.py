@@ -58,6 +58,7 @@ FIXES: dict[str, str] = {
     "TABLE_FILE_NOT_WRITABLE": "own-copy",
     "SUBTABLE_NOT_WRITABLE": "own-copy",
     "MODEL_DATA_FIXED_SHAPE_MISMATCH": "remove-column",
+    "MODEL_DATA_BAD_TYPE": "remove-column",
     "JOURNAL_PENDING": "finish-journal",
 }
 
@@ -108,13 +109,10 @@ NO_FIX: dict[str, tuple[str, str]] = {
         "casaguard does not claim a fix it has not seen CASA accept",
         "remove MODEL_DATA (python-casacore: t.removecols('MODEL_DATA')), then re-run ft",
     ),
-    "MODEL_DATA_BAD_TYPE": (
-        "not yet verified on a real variant (see MODEL_DATA_SHAPE_MISMATCH)",
-        "remove MODEL_DATA, then re-run ft(usescratch=True)",
-    ),
     "CANARY_FAILED": ("CASA failed on a copy for a reason no static finding names", _REBUILD),
     "CANARY_SLICE_FAILED": ("CASA cannot even copy the MS", _REBUILD),
 }
+_MODEL_CODES = ("MODEL_DATA_FIXED_SHAPE_MISMATCH", "MODEL_DATA_BAD_TYPE")
 _ACCESS_CODES = ("TABLE_DAT_NOT_WRITABLE", "TABLE_FILE_NOT_WRITABLE", "SUBTABLE_NOT_WRITABLE")
 _DEFAULT_NO_FIX = (
     "casaguard knows no safe, minimal change for this cause",
@@ -278,8 +276,8 @@ def plan_fixes(
                         finding.fix,
                     )
                 )
-        elif finding.code == "MODEL_DATA_FIXED_SHAPE_MISMATCH":
-            if finding.code not in seen:
+        elif finding.code in _MODEL_CODES:
+            if not seen & set(_MODEL_CODES):  # one removal, whatever else is wrong with it
                 fixes.append(RemoveModelColumn(finding.code, ms))
         else:
             why, human = NO_FIX.get(finding.code, _DEFAULT_NO_FIX)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DROP_ROOT_POWERS
+from conftest import DROP_ROOT_POWERS, casacore_script
 from next_reader import assert_casa_can_use
 from probe_variants import WSCLEAN, Variants, remove_scratch_columns
 
@@ -283,6 +283,44 @@ def test_fixed_shape_model_data_is_removed_and_casa_recreates_it(
     assert_casa_can_use(ms, complist)
 
 
+def test_a_float_model_data_is_removed_and_casa_recreates_it(
+    ms_factory: Any, tmp_path: Path, complist: Path
+) -> None:
+    """MODEL_DATA rewritten as a float column: plain ft fails; repair removes it; plain ft +
+    clearcal then succeed, with DATA, FLAG, UVW, WEIGHT unchanged."""
+
+    def build(dest: Path) -> Path:
+        ms: Path = ms_factory(dest)
+        casacore_script(
+            f"""
+            import numpy as np
+            from casacore import tables as pt
+            t = pt.table({str(ms)!r}, readonly=False, ack=False)
+            t.removecols("MODEL_DATA")
+            desc = pt.makearrcoldesc("MODEL_DATA", 0.0, ndim=2, valuetype="float",
+                                     datamanagertype="TiledShapeStMan",
+                                     datamanagergroup="ModelTiled")
+            t.addcols(pt.maketabdesc(desc))
+            shape = t.getcell("DATA", 0).shape
+            t.putcol("MODEL_DATA", np.zeros((t.nrows(),) + shape, dtype="float32"))
+            t.close()
+            """
+        )
+        return ms
+
+    _plain_casa_fails(build(tmp_path / "witness.ms"), complist)
+    ms = build(tmp_path / "float.ms")
+    before_columns = _columns(ms)
+    report = casaguard.repair(ms, apply=True)
+    assert report.exit_code == 0, report.to_dict()
+    assert [(f.code, f.fix, f.status) for f in report.fixes] == [
+        ("MODEL_DATA_BAD_TYPE", "remove-column", "applied")
+    ]
+    assert "float" in report.fixes[0].changes[0]["text"]
+    assert _columns(ms) == before_columns
+    assert_casa_can_use(ms, complist)
+
+
 def test_restore_journal_undoes_a_column_removal_and_the_table_stays_writable(
     variants: Variants, tmp_path: Path
 ) -> None:
@@ -320,7 +358,7 @@ def test_dry_run_changes_nothing_and_names_every_change(
     out = result.stdout
     assert "dry run" in out
     assert f"replace {foreign}/table.dat (owner nobody (uid {NOBODY}), mode 0644)" in out
-    assert "remove column MODEL_DATA (fixed shape [4, 4])" in out
+    assert "remove column MODEL_DATA (complex, fixed shape [4, 4])" in out
     assert out.count("why: ") >= 3 and "the model in MODEL_DATA is lost" in out
     assert "2 items: 2 ok" in out  # the batch's outcome table
 
