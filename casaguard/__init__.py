@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "Outcome": "casaguard.outcome",
     "ProbeReport": "casaguard.findings",
     "RemoteTraceback": "casaguard.errors",
+    "RepairReport": "casaguard.repair_ms",
     "Segfault": "casaguard.errors",
     "SetupError": "casaguard.errors",
     "TaskTimeout": "casaguard.errors",
@@ -44,9 +45,11 @@ _EXPORTS: dict[str, str] = {
     "make_point_complist": "casaguard.simulate",
     "map_call": "casaguard.batch",
     "map_probe": "casaguard.batch",
+    "map_repair": "casaguard.batch",
     "map_task": "casaguard.batch",
     "probe": "casaguard.preflight",
     "probe_many": "casaguard.preflight",
+    "repair": "casaguard.repair_ms",
     "run_command": "casaguard.command",
     "run_task": "casaguard.tasks",
     "simulate_ms": "casaguard.simulate",
@@ -72,6 +75,7 @@ __all__ = [
     "Outcome",
     "ProbeReport",
     "RemoteTraceback",
+    "RepairReport",
     "Segfault",
     "SetupError",
     "TaskTimeout",
@@ -83,9 +87,11 @@ __all__ = [
     "make_point_complist",
     "map_call",
     "map_probe",
+    "map_repair",
     "map_task",
     "probe",
     "probe_many",
+    "repair",
     "run_command",
     "run_task",
     "simulate_ms",
@@ -109,7 +115,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from casaguard._template import warmup
-    from casaguard.batch import ItemOutcome, map_call, map_probe, map_task
+    from casaguard.batch import ItemOutcome, map_call, map_probe, map_repair, map_task
     from casaguard.command import CommandResult, run_command, wsclean
     from casaguard.errors import (
         AbortCrash,
@@ -132,5 +138,6 @@ if TYPE_CHECKING:
     from casaguard.findings import Finding, ProbeReport
     from casaguard.outcome import Outcome
     from casaguard.preflight import probe, probe_many
+    from casaguard.repair_ms import RepairReport, repair
     from casaguard.simulate import make_point_complist, simulate_ms
     from casaguard.tasks import call, clearcal, ft, run_task

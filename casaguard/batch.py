@@ -38,7 +38,7 @@ from casaguard.engines import Progress, run_batch
 from casaguard.errors import InvalidInput, SetupError
 from casaguard.tasks import call, callable_name, check_task, run_task
 
-__all__ = ["ItemOutcome", "map_call", "map_probe", "map_task"]
+__all__ = ["ItemOutcome", "map_call", "map_probe", "map_repair", "map_task"]
 
 
 def map_task(
@@ -196,6 +196,37 @@ def map_probe(
         run,
         [os.fspath(p) for p in paths],
         name="probe",
+        executor=executor,
+        jobs=jobs,
+        progress=progress,
+    )
+
+
+def map_repair(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    executor: Any = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+    **repair_options: Any,
+) -> list[ItemOutcome]:
+    """Repair many MSs with ``casaguard.repair`` (as ``map_probe`` probes them).
+
+    Args:
+        paths: the MSs.
+        executor, jobs, progress: as for ``map_task``.
+        **repair_options: passed to ``casaguard.repair`` (``apply=True``, ``verify``...).
+
+    Returns:
+        One ItemOutcome per path, in input order; an ok outcome's ``value`` is the RepairReport.
+    """
+    from casaguard.repair_ms import repair
+
+    run = functools.partial(repair, **repair_options)
+    return run_batch(
+        run,
+        [os.fspath(p) for p in paths],
+        name="repair",
         executor=executor,
         jobs=jobs,
         progress=progress,

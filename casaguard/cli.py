@@ -223,9 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _feature_commands() -> list[Callable[[Any], None]]:
     """Sub-commands owned by feature modules (each module has ``register(commands)``)."""
-    from casaguard import cli_batch, cli_journal, cli_probe, cli_regress
+    from casaguard import cli_batch, cli_journal, cli_probe, cli_regress, cli_repair
 
-    return [cli_regress.register, cli_batch.register, cli_probe.register, cli_journal.register]
+    return [
+        cli_regress.register,
+        cli_batch.register,
+        cli_probe.register,
+        cli_journal.register,
+        cli_repair.register,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
