@@ -99,12 +99,14 @@ A journal outlives its call only when the caller was killed mid-write or a
 restore failed. Such a *pending* journal blocks the next guarded write to the
 MS (``JournalError`` naming it and ``casaguard restore-journal <ms>``) unless
 the caller passes ``discard_orphan_journal=True``. ``recover`` (the CLI's
-``restore-journal``) also requires that the writer's pids are dead, that it
-can take the writer lock, and that nothing wrote to the MS after the dead
-call: every file the call could not write still has the size, mtime and inode
-recorded in the manifest, and no file is newer than the journal's last
+``restore-journal``) also requires that the writer's pids are dead (or that
+the writer, alive after its restore failed, marked the journal ``released``),
+that it can take the writer lock, and that nothing wrote to the MS after the
+dead call: every file the call could not write still has the size, mtime and
+inode recorded in the manifest, and no file is newer than the journal's last
 heartbeat (the parent touches it every ``HEARTBEAT_S`` while the call runs)
-plus ``LATER_WRITE_MARGIN_S``; ``force=True`` skips the pid and later-write checks.
+plus ``LATER_WRITE_MARGIN_S``. ``force=True`` skips the pid and later-write
+checks, never the trust and path checks.
 
 The snapshot is taken in the child because only casacore knows which file
 holds which column, and the child already has casatools loaded: the lookup
@@ -155,6 +157,8 @@ log = structlog.get_logger("casaguard")
 MANIFEST = "manifest.json"
 FILES = "files"
 HEARTBEAT = "heartbeat"
+#: Written when a live caller keeps a journal after a failed restore: it writes no more.
+RELEASED = "released"
 JOURNAL_MARK = ".casaguard-journal-"
 LOCK_FILE = "table.lock"
 #: Subtables that CASA tasks write besides what they declare (history rows).
@@ -369,6 +373,7 @@ class MsJournal:
     def _discard(self, snapshot: Snapshot) -> None:
         if snapshot.kept:
             _touch(snapshot.path / HEARTBEAT)
+            _touch(snapshot.path / RELEASED)
             log.error(
                 "journal_kept",
                 vis=snapshot.vis,
@@ -713,7 +718,7 @@ def recover(
     try:
         path = _the_pending_journal(ms, journal)
         manifest = _read_manifest(path)
-        if not force:
+        if not force and not _is_own_file(path / RELEASED):
             pids = {_owner_pid(path), manifest.get("pid"), manifest.get("parent_pid")}
             for pid in sorted(p for p in pids if isinstance(p, int)):
                 if pid != os.getpid() and _alive(pid):
@@ -721,6 +726,7 @@ def recover(
                         f"refusing to restore {ms}: pid {pid}, which wrote {path}, is still "
                         "alive (--force if it is not the writer)"
                     )
+        if not force:
             later = later_writes(ms, path, manifest)
             if later:
                 shown = ", ".join(later[:3]) + (" ..." if len(later) > 3 else "")
@@ -773,6 +779,14 @@ def later_writes(ms: Path, journal: Path, manifest: dict[str, Any]) -> list[str]
             found.append(rel)
     found += [rel for rel in recorded if rel not in could_write and not (ms / rel).exists()]
     return sorted(set(found))
+
+
+def _is_own_file(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def _mtime_ns(path: Path) -> int:

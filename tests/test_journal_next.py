@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import casa_script
@@ -174,3 +175,162 @@ def test_restore_journal_refuses_to_undo_a_later_write(
     assert forced.returncode == 0, forced.stderr
     assert not orphan.exists()
     assert_casa_can_use(ms, complist)
+
+
+# --- disk full: during the snapshot, during the restore (tmpfs in a private mount namespace) --
+
+
+def _in_mount_namespace(script: str, env: dict[str, str], cwd: Path) -> None:
+    """Run bash ``script`` in a private mount namespace: its tmpfs mounts vanish with it."""
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    subprocess.run(
+        [*unshare, "bash", "-c", textwrap.dedent(script)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PY": sys.executable, **env},
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+SNAPSHOT_DISK_FULL = r"""
+set -eu
+mount -t tmpfs -o size=64m tmpfs "$MS_FS"
+# The journal's file system (the victim's home) runs out of inodes after the journal
+# directory exists: the copy itself hits ENOSPC, although statvfs shows free blocks.
+mount -t tmpfs -o size=16m,nr_inodes=12 tmpfs "$HOME_FS"
+mkdir -m 1777 "$MS_FS/shared"
+cp -r "$SRC" "$MS_FS/shared/obs.ms"
+sha() { (cd "$MS_FS/shared/obs.ms" && find . -type f ! -name table.lock \
+    ! -name .casaguard-writer.lock -exec sha1sum {} + | sort); }
+sha > "$OUT/before"
+set +e
+HOME="$HOME_FS" "$PY" -m casaguard.cli ft "$MS_FS/shared/obs.ms" --complist "$CL" --usescratch \
+    2> "$OUT/stderr"
+echo $? > "$OUT/rc"
+set -e
+sha > "$OUT/after"
+find "$HOME_FS" -name '*casaguard-journal*' > "$OUT/journals"
+"$PY" -c "import sys; sys.path.insert(0, '$TESTS'); from next_reader import assert_casa_can_use
+from pathlib import Path; assert_casa_can_use(Path('$MS_FS/shared/obs.ms'), Path('$CL'))" \
+    2> "$OUT/next_reader" && echo ok > "$OUT/next_reader_ok"
+"""
+
+
+def test_disk_full_during_the_snapshot(ms: Path, complist: Path, tmp_path: Path) -> None:
+    """When the journal's file system fills during the snapshot copy (tmpfs out of inodes), ft is
+    refused with one line, exit 2, the MS untouched, no journal left, and CASA can use the MS."""
+    out = tmp_path / "out"
+    mounts = {name: tmp_path / name for name in ("ms_fs", "home_fs")}
+    for path in (out, *mounts.values()):
+        path.mkdir()
+    env = {
+        "MS_FS": str(mounts["ms_fs"]),
+        "HOME_FS": str(mounts["home_fs"]),
+        "SRC": str(ms),
+        "CL": str(complist),
+        "OUT": str(out),
+        "TESTS": str(Path(__file__).parent),
+    }
+    _in_mount_namespace(SNAPSHOT_DISK_FULL, env, tmp_path)
+    assert (out / "rc").read_text().strip() == "2", (out / "stderr").read_text()
+    lines = [x for x in (out / "stderr").read_text().splitlines() if x.startswith("casaguard:")]
+    assert len(lines) == 1 and "not enough free space to journal" in lines[0], lines
+    assert (out / "before").read_text() == (out / "after").read_text()
+    assert (out / "journals").read_text() == ""
+    assert (out / "next_reader_ok").exists(), (out / "next_reader").read_text()
+
+
+RESTORE_DISK_FULL = r"""
+set -eu
+mount -t tmpfs -o size=32m tmpfs "$MS_FS"
+mkdir -m 1777 "$MS_FS/shared"
+cp -r --sparse=never "$SRC" "$MS_FS/shared/obs.ms"
+"$PY" - <<'PYEOF'
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, os.environ["TESTS"])
+from structlog.testing import capture_logs
+from casaguard import journal, runner
+from casaguard._job import Ref
+from next_reader import assert_casa_can_use
+import subprocess
+
+vis = Path(os.environ["MS_FS"]) / "shared" / "obs.ms"
+out = Path(os.environ["OUT"])
+def tree():
+    import hashlib
+    return {str(p.relative_to(vis)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(vis.rglob("*"))
+            if p.is_file() and p.name not in ("table.lock", journal.WRITER_LOCK_FILE)}
+before = tree()
+filler = Path(os.environ["MS_FS"]) / "filler"
+stats = os.statvfs(vis)
+# Leave 256 kB: the write in place fits, a restoring copy of MODEL_DATA's tiles does not.
+subprocess.run(["fallocate", "-l", str(stats.f_bavail * stats.f_frsize - 262144), str(filler)],
+               check=True)
+spec = runner.CallSpec(
+    func=Ref("casaguard._incasa.crash_write", "write_then_double_free"),
+    args=(str(vis), "MODEL_DATA", 0.5), name="write_then_double_free", vis=str(vis))
+facts = {}
+with capture_logs() as events:
+    try:
+        runner.run(journal.journaled(spec, ["MODEL_DATA"]))
+        facts["error"] = None
+    except Exception as error:
+        facts["error"] = type(error).__name__
+        facts["message"] = str(error)
+        facts["cause"] = type(error.__cause__).__name__
+facts["events"] = [e["event"] for e in events]
+facts["temp_files"] = [str(p) for p in vis.rglob("*casaguard-restore*")]
+facts["pending"] = [str(p) for p in journal.pending_journals(vis)]
+facts["changed_before_restore"] = tree() != before
+filler.unlink()
+done = subprocess.run([sys.executable, "-m", "casaguard.cli", "restore-journal", str(vis)],
+                      capture_output=True, text=True)
+facts["restore_rc"] = done.returncode
+facts["restore_stderr"] = done.stderr
+facts["same_as_before"] = tree() == before
+facts["pending_after"] = [str(p) for p in journal.pending_journals(vis)]
+try:
+    assert_casa_can_use(vis, Path(os.environ["CL"]))
+    facts["next_reader"] = "ok"
+except AssertionError as error:
+    facts["next_reader"] = str(error)
+(out / "facts.json").write_text(json.dumps(facts))
+PYEOF
+"""
+
+
+def test_disk_full_during_the_restore_keeps_the_journal(
+    ms_factory: Any, complist: Path, tmp_path: Path
+) -> None:
+    """A real heap abort after a flushed half-write on a full file system, the journal on another
+    one: the restore's copy hits ENOSPC, so the caller gets JournalError (from the crash) naming the
+    snapshot and `casaguard restore-journal MS`, no temp file is left in the MS, the journal is kept
+    (never journal_dropped); once space is freed restore-journal puts every byte back and CASA can
+    use the MS."""
+    source = ms_factory(tmp_path / "src.ms", n_times=100)
+    out, ms_fs, home = tmp_path / "out", tmp_path / "ms_fs", tmp_path / "home"
+    for path in (out, ms_fs, home):
+        path.mkdir()
+    env = {
+        "MS_FS": str(ms_fs),
+        "HOME": str(home),
+        "SRC": str(source),
+        "CL": str(complist),
+        "OUT": str(out),
+        "TESTS": str(Path(__file__).parent),
+    }
+    _in_mount_namespace(RESTORE_DISK_FULL, env, tmp_path)
+    facts = json.loads((out / "facts.json").read_text())
+    vis = ms_fs / "shared" / "obs.ms"
+    assert facts["error"] == "JournalError" and facts["cause"] == "HeapCorruption", facts
+    assert f"`casaguard restore-journal {vis}`" in facts["message"]
+    assert facts["pending"] and facts["pending"][0] in facts["message"]
+    assert "No space left on device" in facts["message"]
+    assert facts["changed_before_restore"], "the crasher must really have half-written the MS"
+    assert facts["temp_files"] == []
+    assert "journal_kept" in facts["events"] and "journal_dropped" not in facts["events"]
+    assert facts["restore_rc"] == 0, facts["restore_stderr"]
+    assert facts["same_as_before"] and facts["pending_after"] == []
+    assert facts["next_reader"] == "ok", facts["next_reader"]
