@@ -181,7 +181,8 @@ HEARTBEAT_S = 0.5
 LATER_WRITE_MARGIN_S = 2.0
 #: Tolerance between time.time_ns() and the kernel's coarse file timestamps.
 CLOCK_SLACK_NS = 1_000_000_000
-_DATA_MANAGER_FILE = re.compile(r"^table\.f\d+")
+#: What a write can add to a main table: data-manager files, casacore's temp table.dat.
+_DATA_MANAGER_FILE = re.compile(r"^(table\.f\d+|table\.dat_tmp$)")
 
 NOT_MS_MESSAGE = "{task}: {vis} is not a Measurement Set ({why})"
 READ_ONLY_MESSAGE = "{task}: {vis} is read-only ({path} is not writable{hint}); nothing was changed"
@@ -1146,7 +1147,8 @@ def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
     """Entries the aborted call created, and only those.
 
     An entry counts only if the snapshot did not list it, the declared writes
-    can create it (a new ``table.f<N>*`` data-manager file of the main table, a
+    can create it (a new ``table.f<N>*`` data-manager file of the main table or
+    casacore's ``table.dat_tmp``, a
     new file of a journaled subtable, a declared subtable that did not exist),
     and it was born after the snapshot was taken.
     """

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import casa_script
+from conftest import casa_script, casacore_script
 from next_reader import assert_casa_can_use
 from structlog.testing import capture_logs
 
@@ -334,3 +334,54 @@ def test_disk_full_during_the_restore_keeps_the_journal(
     assert facts["restore_rc"] == 0, facts["restore_stderr"]
     assert facts["same_as_before"] and facts["pending_after"] == []
     assert facts["next_reader"] == "ok", facts["next_reader"]
+
+
+FILE_SIZE_LIMITED_CALLER = """
+import json, resource, sys
+import casaguard
+vis, complist, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# Python ignores SIGXFSZ, so a write past the limit fails with EFBIG inside casacore,
+# exactly like a quota running out in the middle of MODEL_DATA.
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    casaguard.ft(vis=vis, complist=complist, usescratch=True, mode="spawn")
+    print(json.dumps({"error": None}))
+except casaguard.CasaCrash as error:
+    print(json.dumps({"error": type(error).__name__, "kind": error.kind,
+                      "restored": error.restored, "message": str(error)}))
+"""
+
+REMOVE_SCRATCH = """
+from casacore.tables import table
+t = table({path!r}, readonly=False, ack=False)
+t.removecols([c for c in ("MODEL_DATA", "CORRECTED_DATA") if c in t.colnames()])
+t.close()
+"""
+
+
+def test_casa_error_mid_write_leaves_a_working_ms(
+    ms_factory: Any, complist: Path, tmp_path: Path
+) -> None:
+    """ft creating MODEL_DATA fails mid-write with CASA's own write error (file size limit hit
+    in the new tile file); the journal removes what it created, puts table.dat back, and CASA's
+    next ft and clearcal accept the MS."""
+    vis = ms_factory(tmp_path / "obs.ms", n_times=100)
+    casacore_script(REMOVE_SCRATCH.format(path=str(vis)))
+    before = _tree(vis)
+    data_bytes = max(p.stat().st_size for p in vis.glob("table.f*"))
+    limit = str(data_bytes // 2)
+    code = textwrap.dedent(FILE_SIZE_LIMITED_CALLER)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(vis), str(complist), limit],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        check=False,
+    )
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert facts["error"] == "CasaTaskError" and facts["kind"] == "casa-error", facts
+    assert "write error" in facts["message"] and facts["restored"], facts
+    assert _tree(vis) == before
+    assert _journals(vis) == []
+    assert_casa_can_use(vis, complist)
