@@ -629,13 +629,14 @@ def trust_problem(path: Path, ms: Path) -> str | None:
     return None
 
 
-def pending_journals(vis: str | os.PathLike[str]) -> list[Path]:
+def pending_journals(vis: str | os.PathLike[str], *, clean: bool = True) -> list[Path]:
     """Trusted journals of ``vis`` holding a snapshot nobody restored (found from the MS).
 
     Call it holding the writer lock (or after ``writer_active`` said no): then
     no call is still filling one. A journal without a manifest (its task never
-    started) whose owner pid is dead is removed; an untrusted one is ignored and
-    reported as ``journal_untrusted``.
+    started) whose owner pid is dead is removed (unless ``clean=False``, as the
+    read-only probe asks); an untrusted one is ignored and reported as
+    ``journal_untrusted``.
     """
     ms = Path(os.path.abspath(vis))
     found = []
@@ -644,7 +645,7 @@ def pending_journals(vis: str | os.PathLike[str]) -> list[Path]:
             owner = _owner_pid(path)
             with contextlib.suppress(OSError):
                 ours = os.lstat(path).st_uid == os.geteuid() and not path.is_symlink()
-                if ours and owner is not None and not _alive(owner):
+                if clean and ours and owner is not None and not _alive(owner):
                     shutil.rmtree(path)  # the task never started: nothing to restore
             continue
         problem = trust_problem(path, ms)

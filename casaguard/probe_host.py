@@ -129,7 +129,7 @@ def journal_findings(path: str) -> list[Finding]:
             path=path,
             data={"journal": str(found)},
         )
-        for found in journal.pending_journals(path)
+        for found in journal.pending_journals(path, clean=False)
     ]
 
 
