@@ -1,38 +1,69 @@
-"""``casaguard restore-journal DIR``: roll an MS back from a journal its dead caller left behind.
+"""``casaguard restore-journal MS``: roll an MS back from a journal its dead caller left behind.
 
 A journal outlives its call only when the calling process itself was killed
-mid-write (the child dies with it). Guarded calls then log ``journal_orphan``
-with the command to run.
+mid-write or a restore failed; the next guarded write to the MS then refuses
+with the command to run. Exit codes: 0 restored, 1 refused or failed (one
+line says why; the journal is kept), 2 bad input (not an MS, no journal).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from casaguard import journal
+from casaguard.errors import InvalidInput, JournalError
 
 EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_BAD_INPUT = 2
+DONE_MESSAGE = "restored {count} paths of {vis} from {journal}"
 
 
 def register(commands: Any) -> None:
     """Add the ``restore-journal`` sub-command to the CLI's sub-parsers."""
     parser = commands.add_parser(
         "restore-journal",
-        help="roll an MS back from a journal left by a caller that died mid-write",
+        help="roll an MS back from a journal left by a guarded write that died mid-write",
         description=(
-            "Put back every file a killed guarded call snapshotted, delete what it "
-            "created, then remove the journal. Find journals beside the MS: "
-            ".<ms>.casaguard-journal-*"
+            "Put back every file a killed guarded call snapshotted (table.lock sync data "
+            "included), delete what it created, then remove the journal. Give the MS; its "
+            "journal is found beside it or in the per-user journal directory. Refuses when "
+            "the writer still lives, the MS is locked, or the MS was written after the call "
+            "died (--force restores anyway)."
         ),
     )
-    parser.add_argument("journal", help="the journal directory")
+    parser.add_argument("ms", help="the Measurement Set (or a journal kept beside it)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="restore even if the MS was written after the call died or its pid looks alive",
+    )
     parser.set_defaults(handler=_restore)
 
 
 def _restore(args: argparse.Namespace) -> int:
-    done = journal.recover(args.journal)
-    print(f"restored {len(done)} paths from {args.journal}")
-    for path in done:
-        print(f"  {path}")
+    target = Path(args.ms)
+    ms, chosen = target, None
+    if journal.JOURNAL_MARK in target.name:
+        found = journal.ms_of_journal(target.absolute())
+        if found is None:
+            return _fail(
+                EXIT_BAD_INPUT, f"{target}: give the MS, not a journal outside its directory"
+            )
+        ms, chosen = found, target
+    try:
+        done = journal.recover(ms, journal=chosen, force=args.force)
+    except InvalidInput as error:
+        return _fail(EXIT_BAD_INPUT, str(error))
+    except JournalError as error:
+        return _fail(EXIT_REFUSED, str(error))
+    print(DONE_MESSAGE.format(count=len(done), vis=ms, journal=chosen or "its journal"))
     return EXIT_OK
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"casaguard: {' '.join(message.split())}", file=sys.stderr)
+    return code

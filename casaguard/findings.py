@@ -151,6 +151,11 @@ CODES: dict[str, CodeInfo] = {
     "MS_IN_USE": CodeInfo(
         "warn", "lock", "another live process has the MS open (no table lock held now)"
     ),
+    "JOURNAL_PENDING": CodeInfo(
+        "fatal",
+        "lock",
+        "a guarded write died mid-write: its journal waits for `casaguard restore-journal`",
+    ),
     # provenance
     "MODEL_DATA_BY_WSCLEAN": CodeInfo(
         "info",

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from casaguard import access, locks
+from casaguard import access, journal, locks
 from casaguard.findings import Finding
 
 #: Subtables ft and clearcal open read/write (both append to HISTORY; ft opens SOURCE).
@@ -104,6 +104,7 @@ def lock_findings(path: str) -> list[Finding]:
                         data=data,
                     )
                 )
+    findings += journal_findings(path)
     if missing:
         findings.append(
             Finding(
@@ -114,6 +115,22 @@ def lock_findings(path: str) -> list[Finding]:
             )
         )
     return findings
+
+
+def journal_findings(path: str) -> list[Finding]:
+    """A pending journal: the MS may be half-written until ``restore-journal`` runs."""
+    if journal.writer_active(path):
+        return []  # a guarded write is running; its journal is not pending
+    return [
+        Finding(
+            "JOURNAL_PENDING",
+            f"{path} may be half-written: a guarded write died and left its snapshot in {found}",
+            f"run `{journal.RESTORE_COMMAND.format(vis=os.path.abspath(path))}` to roll it back",
+            path=path,
+            data={"journal": str(found)},
+        )
+        for found in journal.pending_journals(path, clean=False)
+    ]
 
 
 def access_findings(path: str, creds: access.Credentials) -> list[Finding]:

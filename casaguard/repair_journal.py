@@ -99,7 +99,7 @@ def finish_journal(path: Path) -> list[str]:
     """
     manifest = journal_manifest(path)
     ms = Path(manifest.get("vis", ""))
-    done = journal.recover(path)
+    done = journal.recover(ms, journal=path)
     tables = {str(Path(rel).parent) for rel in manifest.get("saved", [])}
     for table in sorted(tables):
         lock = ms / table / journal.LOCK_FILE
@@ -160,7 +160,7 @@ def _add_lock_files(backup: Path, ms: Path, files: Sequence[str]) -> None:
 
 def restore_backup(path: Path) -> list[str]:
     """Put the MS back as the backup found it (the repair's rollback); keep the backup dir."""
-    return journal.restore(path)
+    return journal.restore(path, vis=str(journal_manifest(path).get("vis", "")))
 
 
 def keep_orphan_copy(backup: Path, orphan: Path) -> Path:

@@ -468,13 +468,15 @@ def _finish(
 
 
 def _restore(spec: CallSpec, snapshot: Any, error: CasaCrash | None) -> None:
-    """Undo the dead child's writes; a failed restore is reported, never raised over the crash."""
+    """Undo the dead child's writes; a failed restore raises its JournalError from the crash."""
     try:
         paths = spec.journal.restore(snapshot)
     except CasaguardError as failure:
         log.error("journal_restore_failed", task=spec.name, vis=spec.vis, reason=str(failure))
         if error is not None:
             error.extra["restore_error"] = str(failure)
+            # The MS is not back: the caller must hear that first (the crash is the cause).
+            raise failure from error
         return
     if error is not None:
         error.restored = True

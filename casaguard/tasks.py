@@ -15,6 +15,10 @@ real task objects), followed by casaguard's own keyword-only options:
   journal), snapshot what the task writes, and restore it if the child
   crashes, times out or is killed (default True; see ``casaguard.journal``).
   ``journal=False`` skips both: CASA meets the MS as it is.
+* ``discard_orphan_journal``: an MS with a pending journal (an earlier guarded
+  write died mid-write) is refused with ``JournalError`` naming it and the
+  ``casaguard restore-journal`` command; True deletes that journal instead and
+  writes to the MS as the dead call left it (default False).
 
 Every entry point -- ``ft``, ``clearcal``, ``run_task``, ``map_task``, and the
 CLI's ``ft``, ``clearcal``, ``task`` and ``run`` -- goes through ``run_task``,
@@ -76,13 +80,15 @@ def run_task(
     mode: str | None = None,
     writes: Sequence[str] | None = None,
     journal: bool = True,
+    discard_orphan_journal: bool = False,
     **params: Any,
 ) -> Any:
     """Run ``casatasks.<name>(**params)`` in a sandbox child and return its result.
 
     Args:
         name: the casatask's name, e.g. ``"flagdata"``.
-        timeout, lock_timeout, strict, mode, journal: see the module docstring.
+        timeout, lock_timeout, strict, mode, journal, discard_orphan_journal: see the
+            module docstring.
         writes: main-table columns and/or subtables of ``vis`` the task may
             change (e.g. ``["FLAG", "FLAG_ROW"]``): ``vis`` is checked first and
             they are journaled. Default: what ``journal.task_writes`` knows of
@@ -131,7 +137,7 @@ def run_task(
         if vis is None:
             raise InvalidInput(f"{name}: writes to an MS, so vis must be a path")
         _journal.check_writable_ms(vis, task=name, writes=declared)
-        spec = _journal.journaled(spec, declared)
+        spec = _journal.journaled(spec, declared, discard_orphan_journal=discard_orphan_journal)
     return runner.run(spec)
 
 
@@ -151,6 +157,7 @@ def ft(
     strict: bool = True,
     mode: str | None = None,
     journal: bool = True,
+    discard_orphan_journal: bool = False,
 ) -> Any:
     """Guarded ``casatasks.ft``: insert a source model into MODEL_DATA (or the virtual model).
 
@@ -181,6 +188,7 @@ def ft(
         strict=strict,
         mode=mode,
         journal=journal,
+        discard_orphan_journal=discard_orphan_journal,
     )
 
 
@@ -196,6 +204,7 @@ def clearcal(
     strict: bool = True,
     mode: str | None = None,
     journal: bool = True,
+    discard_orphan_journal: bool = False,
 ) -> Any:
     """Guarded ``casatasks.clearcal``: reset CORRECTED_DATA (and MODEL_DATA with addmodel).
 
@@ -218,6 +227,7 @@ def clearcal(
         strict=strict,
         mode=mode,
         journal=journal,
+        discard_orphan_journal=discard_orphan_journal,
     )
 
 

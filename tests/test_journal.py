@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import DROP_ROOT_POWERS, casacore_script
+from next_reader import assert_casa_can_use
 from structlog.testing import capture_logs
 
 import casaguard
@@ -33,16 +34,18 @@ from casaguard._job import Ref
 
 #: ~100k rows: 8 antennas (28 baselines) x 3572 integrations.
 BIG_TIMES = 3572
+#: ~17k rows for the kill trials.
+KILL_TIMES = 600
 KILL_TRIALS = 20
 NEW_FLUX_JY = 2.5
 
 
 def _tree(root: Path) -> dict[str, str]:
-    """Content hash of every file of an MS except the lock files."""
+    """Content hash of every file of an MS except the lock files (casacore's and casaguard's)."""
     return {
         str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "table.lock"
+        if p.is_file() and p.name not in ("table.lock", journal.WRITER_LOCK_FILE)
     }
 
 
@@ -136,16 +139,9 @@ class BigMs:
         return dest
 
 
-@pytest.fixture(scope="module")
-def big(ms_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigMs]:
-    """Simulate the ~100k-row MS once; measure how long the ft task itself runs."""
-    # CASA's OpenMP threads spin when the CPUs are shared: ft on 100k rows takes
-    # 1.2 s on an idle 2-core machine, ~30 s beside four busy processes, 1.5 s
-    # with one thread. One thread keeps the kill moments meaningful.
-    previous = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    root = tmp_path_factory.mktemp("journal-big")
-    pristine = ms_factory(root / "pristine.ms", n_times=BIG_TIMES)
+def _build(ms_factory: Any, root: Path, n_times: int) -> BigMs:
+    """Simulate an MS with seeded random MODEL_DATA and the MS after one clean guarded ft."""
+    pristine = ms_factory(root / "pristine.ms", n_times=n_times)
     casacore_script(RANDOMISE_MODEL.format(path=str(pristine)))
     complist = root / "new.cl"
     casaguard.make_point_complist(complist, flux_jy=NEW_FLUX_JY)
@@ -154,12 +150,42 @@ def big(ms_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
     shutil.copytree(pristine, reference)
     started, ended, error = _ft_watched(reference, complist, kill_after=None)
     assert error is None and started is not None
-    yield BigMs(root, pristine, reference, complist, ended - started)
-    shutil.rmtree(root, ignore_errors=True)
+    return BigMs(root, pristine, reference, complist, ended - started)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """CASA's OpenMP threads spin when the CPUs are shared: ft on 100k rows takes
+    1.2 s on an idle 2-core machine, ~30 s beside four busy processes, 1.5 s
+    with one thread. One thread keeps the kill moments meaningful."""
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
     if previous is None:
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = previous
+
+
+@pytest.fixture(scope="module")
+def big(
+    ms_factory: Any, tmp_path_factory: pytest.TempPathFactory, one_thread: None
+) -> Iterator[BigMs]:
+    """The ~100k-row MS, simulated once per module; trials get copies."""
+    built = _build(ms_factory, tmp_path_factory.mktemp("journal-big"), BIG_TIMES)
+    yield built
+    shutil.rmtree(built.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def kill_ms(
+    ms_factory: Any, tmp_path_factory: pytest.TempPathFactory, one_thread: None
+) -> Iterator[BigMs]:
+    """A ~17k-row MS for the many kill trials: ft still takes long enough to be hit
+    mid-write, and CASA's next-reader check on each trial stays cheap."""
+    built = _build(ms_factory, tmp_path_factory.mktemp("journal-kill"), KILL_TIMES)
+    yield built
+    shutil.rmtree(built.root, ignore_errors=True)
 
 
 def _ft_watched(
@@ -194,42 +220,47 @@ def _ft_watched(
     return task_started, time.monotonic(), outcome["error"]
 
 
-def test_sigkill_at_random_moments_never_leaves_a_mix(big: BigMs) -> None:
-    """SIGKILL at 20 seeded random moments of ft on ~100k rows: the MS opens, a second process
-    locks it at once, DATA/FLAG/UVW are byte-identical, MODEL_DATA is all old or all new."""
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_leaves_a_mix(kill_ms: BigMs, record_property: Any) -> None:
+    """SIGKILL at 20 seeded random moments of ft: every trial MS opens, a second process locks it at
+    once, DATA/FLAG/UVW are byte-identical, MODEL_DATA is all old or all new, and CASA's next ft
+    and clearcal accept it; at least 3 kills land mid-write."""
     rng = np.random.default_rng(42)
-    delays = rng.uniform(0.0, 1.0, size=KILL_TRIALS) * big.ft_s
+    delays = rng.uniform(0.0, 1.2, size=KILL_TRIALS) * kill_ms.ft_s
     trials: list[Path] = []
-    hit_mid_write = 0
+    mid_write = 0
     outcomes = []
     for index, delay in enumerate(delays):
-        vis = big.copy(f"trial{index:02d}")
+        vis = kill_ms.copy(f"trial{index:02d}")
         lock_inode = (vis / "table.lock").stat().st_ino
         with capture_logs() as events:
-            started, _, error = _ft_watched(vis, big.complist, kill_after=float(delay))
+            started, _, error = _ft_watched(vis, kill_ms.complist, kill_after=float(delay))
         assert started is not None, f"trial {index}: the task never started"
         if error is not None:
             assert isinstance(error, casaguard.Killed), repr(error)
             assert error.restored and str(vis / "table.dat") in error.restored_paths
             restored = next(e for e in events if e["event"] == "journal_restored")
-            hit_mid_write += any("table.f4" in p for p in restored["changed"])
+            # Mid-write: the snapshot was complete and the MS had changed when the child died.
+            mid_write += bool(restored["changed"] or restored["created"])
         outcomes.append("killed" if error else "finished")
         # The dead child holds no lock, the lock file is the same file, no journal remains.
         assert locks.lock_holders(vis, include_self=True) == []
         assert (vis / "table.lock").stat().st_ino == lock_inode
         assert _journals(vis) == []
         trials.append(vis)
-    report = _verify(big.pristine, big.reference, trials)
+    report = _verify(kill_ms.pristine, kill_ms.reference, trials)
     for index, vis in enumerate(trials):
         result = report[str(vis)]
         assert result["locked"], f"trial {index}: a stale lock survived"
         assert all(result["same"].values()), f"trial {index}: {result}"
         assert result["model"] in ("old", "new"), f"trial {index} ({outcomes[index]}): {result}"
         assert (result["model"] == "old") == (outcomes[index] == "killed"), result
-    print(f"ft task {big.ft_s:.2f} s; {outcomes.count('killed')} killed, {hit_mid_write} mid-write")
-    # The kills must really land while MODEL_DATA is being written, or this proves nothing.
-    assert hit_mid_write >= 3, f"only {hit_mid_write} kills hit MODEL_DATA mid-write"
-    assert outcomes.count("killed") >= KILL_TRIALS // 2
+        assert_casa_can_use(vis, kill_ms.complist)
+    record_property("killed", outcomes.count("killed"))
+    record_property("mid_write", mid_write)
+    record_property("ft_s", round(kill_ms.ft_s, 3))
+    # The kills must really land while the MS is being written, or this proves nothing.
+    assert mid_write >= 3, f"only {mid_write} of {KILL_TRIALS} kills landed mid-write"
 
 
 def _write_then_crash(vis: Path, *, journaled: bool) -> casaguard.CasaCrash:
@@ -246,19 +277,20 @@ def _write_then_crash(vis: Path, *, journaled: bool) -> casaguard.CasaCrash:
     return caught.value
 
 
-def test_heap_abort_after_a_partial_write_is_rolled_back(big: BigMs) -> None:
+def test_heap_abort_after_a_partial_write_is_rolled_back(kill_ms: BigMs) -> None:
     """A real double free after half of MODEL_DATA was written and flushed: unjournaled the MS
-    is left mixed; journaled it is restored, lockable at once, and CASA writes it cleanly after."""
-    bare = big.copy("heap-bare")
+    is left mixed; journaled it is restored, lockable at once, and CASA's next reader and
+    writer accept it."""
+    bare = kill_ms.copy("heap-bare")
     error = _write_then_crash(bare, journaled=False)
     assert error.kind == "double-free" and not error.restored
-    guarded = big.copy("heap-journaled")
+    guarded = kill_ms.copy("heap-journaled")
     lock_inode = (guarded / "table.lock").stat().st_ino
     error = _write_then_crash(guarded, journaled=True)
     assert error.kind == "double-free" and error.restored
     assert {str(guarded / "table.f4_TSM1"), str(guarded / "table.dat")} <= set(error.restored_paths)
     assert (guarded / "table.lock").stat().st_ino == lock_inode
-    report = _verify(big.pristine, big.reference, [bare, guarded])
+    report = _verify(kill_ms.pristine, kill_ms.reference, [bare, guarded])
     bare_result, guarded_result = report[str(bare)], report[str(guarded)]
     # The crasher really leaves half the rows rewritten when nothing protects the MS...
     assert bare_result["model"] == "mixed"
@@ -267,8 +299,9 @@ def test_heap_abort_after_a_partial_write_is_rolled_back(big: BigMs) -> None:
     assert guarded_result["locked"] and all(guarded_result["same"].values())
     assert guarded_result["model"] == "old"
     # casacore copes with the dead writer's lock file: a guarded ft then writes normally.
-    casaguard.ft(vis=str(guarded), complist=str(big.complist), usescratch=True)
-    assert _verify(big.pristine, big.reference, [guarded])[str(guarded)]["model"] == "new"
+    casaguard.ft(vis=str(guarded), complist=str(kill_ms.complist), usescratch=True)
+    assert _verify(kill_ms.pristine, kill_ms.reference, [guarded])[str(guarded)]["model"] == "new"
+    assert_casa_can_use(guarded, kill_ms.complist)
 
 
 REMOVE_SCRATCH = """
@@ -309,36 +342,48 @@ def test_columns_created_before_a_crash_are_removed(
     assert removed and all(Path(p).name.startswith("table.f") for p in removed)
     assert _tree(ms) == before
     assert _journals(ms) == []
+    assert_casa_can_use(ms, complist)
 
 
-def test_timeout_restores_and_journal_false_does_not(big: BigMs) -> None:
-    """A timeout kill during ft on 100k rows is restored (restored=True, every file as before);
-    journal=False takes no snapshot (restored=False)."""
-    pristine = _tree(big.pristine)
-    for use_journal in (True, False):
-        vis = big.copy(f"timeout-{use_journal}")
-        with pytest.raises(casaguard.TaskTimeout) as caught:
-            casaguard.ft(
-                vis=str(vis),
-                complist=str(big.complist),
-                usescratch=True,
-                timeout=0.3,  # ft alone takes about a second on 100k rows
-                journal=use_journal,
-            )
-        assert caught.value.restored is use_journal
-        assert _journals(vis) == []
-        if use_journal:
-            assert _tree(vis) == pristine
+def test_timeout_journal_false_takes_no_snapshot(big: BigMs) -> None:
+    """journal=False takes no snapshot: a timeout kill during ft on 100k rows reports
+    restored=False and leaves no journal."""
+    vis = big.copy("timeout-unjournaled")
+    with pytest.raises(casaguard.TaskTimeout) as caught:
+        casaguard.ft(
+            vis=str(vis), complist=str(big.complist), usescratch=True, timeout=0.3, journal=False
+        )
+    assert caught.value.restored is False
+    assert _journals(vis) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("timeout", [0.1, 0.3, 1.5])
+def test_timeout_restores_a_working_ms(big: BigMs, timeout: float) -> None:
+    """A timeout at 0.1, 0.3 or 1.5 s into ft on 100k rows restores every file (restored=True),
+    or ft finished first; either way CASA's next reader and writer accept the MS."""
+    vis = big.copy(f"timeout-{timeout}")
+    try:
+        casaguard.ft(vis=str(vis), complist=str(big.complist), usescratch=True, timeout=timeout)
+    except casaguard.TaskTimeout as error:
+        assert error.restored
+        assert _tree(vis) == _tree(big.pristine)
+    else:
+        assert _tree(vis)["table.f4_TSM1"] == _tree(big.reference)["table.f4_TSM1"]
+    assert _journals(vis) == []
+    assert_casa_can_use(vis, big.complist)
 
 
 def test_success_drops_the_journal(ms: Path, complist: Path, no_leaks: None) -> None:
     """A journaled ft that succeeds writes MODEL_DATA, copied exactly MODEL_DATA's files plus
-    table.dat, table.info, HISTORY and SOURCE (not DATA), and leaves no journal behind."""
+    table.dat, table.info, HISTORY and SOURCE (not DATA) and the three tables' table.lock (their
+    sync data), and leaves no journal behind."""
     before = _tree(ms)
     expected = [ms / "table.dat", ms / "table.info", *ms.glob("table.f4*")] + [
         p for sub in ("HISTORY", "SOURCE") for p in (ms / sub).iterdir() if p.name != "table.lock"
     ]
-    expected_bytes = sum(p.stat().st_size for p in expected)
+    lock_files = [ms / "table.lock", ms / "HISTORY" / "table.lock", ms / "SOURCE" / "table.lock"]
+    expected_bytes = sum(p.stat().st_size for p in expected + lock_files)
     with capture_logs() as events:
         casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
     assert _tree(ms)["table.f4_TSM1"] != before["table.f4_TSM1"]
@@ -448,7 +493,9 @@ cp -r "$SRC" "$MNT/obs.ms"
 # Leave less room than the journal of MODEL_DATA + HISTORY + SOURCE needs.
 avail=$(df --output=avail -B1 "$MNT" | tail -1)
 fallocate -l $((avail - 40960)) "$MNT/filler"
-sha() { (cd "$MNT/obs.ms" && find . -type f ! -name table.lock -exec sha1sum {} + | sort); }
+# Lock files aside (casacore's, and casaguard's writer lock made by the first guarded write).
+sha() { (cd "$MNT/obs.ms" && find . -type f ! -name table.lock ! -name .casaguard-writer.lock \
+    -exec sha1sum {} + | sort); }
 sha > "$OUT/before"
 set +e
 "$PY" -m casaguard.cli ft "$MNT/obs.ms" --complist "$CL" --usescratch 2> "$OUT/stderr"
@@ -515,7 +562,8 @@ except KeyboardInterrupt:
 
 
 def test_ctrl_c_during_the_task_restores(ms: Path, complist: Path, tmp_path: Path) -> None:
-    """Ctrl-C in the caller while ft runs kills the child and restores the MS before re-raising."""
+    """Ctrl-C in the caller while ft runs kills the child and restores the MS before re-raising;
+    CASA's next reader and writer accept the MS."""
     before = _tree(ms)
     result = subprocess.run(
         [
@@ -535,6 +583,7 @@ def test_ctrl_c_during_the_task_restores(ms: Path, complist: Path, tmp_path: Pat
     restored = json.loads(result.stdout.split("RESTORED ", 1)[1].splitlines()[0])
     assert str(ms / "table.f4_TSM1") in restored
     assert _tree(ms) == before and _journals(ms) == []
+    assert_casa_can_use(ms, complist)
 
 
 KILLED_PARENT = """
@@ -548,7 +597,8 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     ms: Path, complist: Path, tmp_path: Path
 ) -> None:
     """If the caller itself is SIGKILLed mid-ft, the child dies with it, the journal stays, the
-    next call warns about it, and `casaguard restore-journal` rolls the MS back."""
+    next guarded write refuses naming it, and `casaguard restore-journal MS` rolls the MS back to
+    a state CASA's next reader and writer accept."""
     before = _tree(ms)
     caller = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(KILLED_PARENT), str(ms), str(complist)],
@@ -572,16 +622,18 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     while journal._alive(child) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not journal._alive(child), "the child must die with its caller"
-    assert journal.orphans(ms) == [manifest.parent]
-    with capture_logs() as events:
-        fresh = journal.MsJournal(str(ms), ["MODEL_DATA"], task="ft").before()
-    fresh.path.rmdir()
-    warned = [e for e in events if e["event"] == "journal_orphan"]
-    assert warned and "casaguard restore-journal" in warned[0]["advice"]
-    result = _cli(["restore-journal", str(manifest.parent)], tmp_path)
+    assert journal.pending_journals(ms) == [manifest.parent]
+    with capture_logs() as events, pytest.raises(casaguard.JournalError) as refused:
+        journal.MsJournal(str(ms), ["MODEL_DATA"], task="ft").before()
+    assert f"casaguard restore-journal {ms}" in str(refused.value)
+    assert [e["journal"] for e in events if e["event"] == "journal_pending"] == [
+        str(manifest.parent)
+    ]
+    result = _cli(["restore-journal", str(ms)], tmp_path)
     assert result.returncode == 0, result.stderr
     assert _tree(ms) == before
-    assert _journals(ms) == [] and journal.orphans(ms) == []
+    assert _journals(ms) == [] and journal.pending_journals(ms) == []
+    assert_casa_can_use(ms, complist)
 
 
 def test_two_guarded_writes_to_one_ms_never_interleave(
