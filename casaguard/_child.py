@@ -26,9 +26,13 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from casaguard import _job
+from casaguard import _job, casaenv
 
 _PR_SET_PDEATHSIG = 1
+#: The one line a call gets (as ``SetupError``) when CASA cannot start in the child.
+CASA_SETUP_FAILED = "CASA cannot start with its configuration: {cause}{where}"
+#: The reply's exception type that the runner turns into ``SetupError``.
+SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
 
 
 def redirect_output(directory: Path) -> None:
@@ -63,7 +67,19 @@ def run_job(directory: Path) -> NoReturn:
     except BaseException as error:  # noqa: BLE001 - report anything, then leave
         print(f"casaguard child: cannot read request: {error!r}", file=sys.stderr)
         _exit(_job.EXIT_BAD_REQUEST)
-    _prepare(request, directory)
+    try:
+        _prepare(request, directory)
+    except Exception as error:  # noqa: BLE001 - any setup failure is the caller's one line
+        _job.mark(directory, "setup-failed")
+        reply = _job.Reply(
+            ok=False,
+            exc_type=SETUP_ERROR_TYPE,
+            exc_message=setup_failure(error),
+            traceback="".join(traceback.format_exception(error)),
+        )
+        with contextlib.suppress(BaseException):
+            _job.write_reply(directory, reply)
+        _exit(_job.EXIT_REPLIED)
     _job.mark(directory, "started")
     try:
         value = request.func(*request.args, **request.kwargs)
@@ -87,6 +103,34 @@ def run_job(directory: Path) -> NoReturn:
     gc.collect()
     _job.mark(directory, "torn-down")
     _exit(_job.EXIT_REPLIED)
+
+
+def casa_arguments() -> None:
+    """Give casaconfig the flags casaguard chose (``--noconfig``) before CASA is imported."""
+    extra = os.environ.get(casaenv.CASA_ARGS_ENV, "").split()
+    sys.argv += [word for word in extra if word not in sys.argv]
+
+
+def setup_failure(error: BaseException) -> str:
+    """One line: why CASA (or the call's setup) could not start, and which config said so.
+
+    casatools raises ``ImportError("measures data is not available...")`` at import
+    when ``measurespath`` is wrong; casaconfig has by then recorded where
+    ``measurespath`` came from.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = lines[0] if lines else type(error).__name__
+    config = sys.modules.get("casaconfig.config")
+    where = ""
+    if config is not None:
+        measurespath = getattr(config, "measurespath", None)
+        missing = bool(measurespath) and not os.path.isdir(str(measurespath))
+        files = [str(f) for f in config.load_success()[1:]]
+        where = (
+            f" (measurespath {measurespath!r}{' does not exist' if missing else ''}; "
+            f"config: {', '.join(files) or 'none loaded'})"
+        )
+    return CASA_SETUP_FAILED.format(cause=cause, where=where)
 
 
 def _prepare(request: _job.Request, directory: Path) -> None:
@@ -129,6 +173,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     directory = Path(args[0])
     redirect_output(directory)
     die_with_parent(int(args[1]) if len(args) > 1 else 0)
+    casa_arguments()
     run_job(directory)
 
 
