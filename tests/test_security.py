@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from casaguard import casaenv
+from casaguard import casaenv, crashdir
 from casaguard.errors import SetupError
 from tests.conftest import DROP_ROOT_POWERS
 
@@ -214,3 +214,74 @@ def test_private_dir_refuses_a_group_writable_directory(tmp_path: Path) -> None:
     assert str(loose) in str(caught.value) and "775" in str(caught.value)
     assert "\n" not in str(caught.value)
     assert not (loose / "casaguard").exists()
+
+
+def _crash_once() -> None:
+    """One real guarded crash (SIGSEGV in the child), so the runner keeps evidence."""
+    import casaguard
+    from casaguard import crashers
+    from casaguard.errors import Segfault
+
+    with pytest.raises(Segfault):
+        casaguard.call(crashers.segfault, casa=False)
+
+
+def test_pruning_removes_only_casaguard_evidence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crashes past KEEP prune old evidence; 12 user folders in the same crash dir all survive."""
+    root = tmp_path / "shared-crash-dir"
+    root.mkdir()
+    users = []
+    for index in range(12):
+        folder = root / f"2000010{index % 10}T000000-user-project-{index}"
+        folder.mkdir()
+        (folder / "notes.txt").write_text(f"user data {index}")
+        users.append(folder)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not casaguard's")
+    (root / "0000-link").symlink_to(outside)
+    monkeypatch.setenv(crashdir.CRASH_DIR_ENV, str(root))
+    monkeypatch.setattr(crashdir, "KEEP", 2)
+
+    for _ in range(4):
+        _crash_once()
+
+    for index, folder in enumerate(users):
+        assert (folder / "notes.txt").read_text() == f"user data {index}"
+    assert (outside / "keep.txt").exists() and (root / "0000-link").is_symlink()
+    evidence = [p for p in root.iterdir() if (p / crashdir.MARKER).exists() and not p.is_symlink()]
+    assert len(evidence) == 2
+    assert len(list(root.iterdir())) == 12 + 1 + 2
+
+
+def test_evidence_is_private_to_the_caller(
+    shared_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash folders are 0700 and their files 0600: another user can neither list nor read them."""
+    root = shared_home / "crashes"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)  # a deliberately shared location: the folders must still be private
+    monkeypatch.setenv(crashdir.CRASH_DIR_ENV, str(root))
+
+    _crash_once()
+
+    (folder,) = list(root.iterdir())
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([crashdir.MARKER, "casa.log", "facts.json", "stderr-tail.txt"])
+    for path in folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert "segfault" in (folder / "facts.json").read_text()
+    probe = f"""
+        import os, sys
+        for action in (lambda: os.listdir({str(folder)!r}),
+                       lambda: open({str(folder / "facts.json")!r}).read()):
+            try:
+                action()
+            except PermissionError:
+                continue
+            sys.exit("readable by another user")
+        """
+    as_attacker(probe)
