@@ -21,6 +21,7 @@ import faulthandler
 import gc
 import os
 import signal
+import socket
 import sys
 import traceback
 from pathlib import Path
@@ -33,6 +34,7 @@ _PR_SET_PDEATHSIG = 1
 CASA_SETUP_FAILED = "CASA cannot start with its configuration: {cause}{where}"
 #: The reply's exception type that the runner turns into ``SetupError``.
 SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
+_TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
 
 
 def redirect_output(directory: Path) -> None:
@@ -111,6 +113,44 @@ def casa_arguments() -> None:
     sys.argv += [word for word in extra if word not in sys.argv]
 
 
+def close_listeners() -> list[int]:
+    """Stop listening on TCP: swap each listening socket for an unbound one, same fd number.
+
+    casatools' import starts a gRPC service registry on ``0.0.0.0:<random port>``
+    (hard-coded in its ``Registrar``, with no setting to turn it off or bind it to
+    loopback); no ft/clearcal path uses it. ``dup2`` rather than ``close``: the
+    fd number gRPC holds stays valid (never reused for another file), and the
+    listening socket's last reference goes, which also drops it from gRPC's epoll
+    set. Called by the warm template before it forks (so no fork inherits a
+    listener) and by a spawned child right after CASA is imported.
+
+    Returns:
+        The fd numbers that were listening.
+    """
+    listening: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/self/net/{table}") as handle:
+            for line in handle.read().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == _TCP_LISTEN:
+                    listening.add(f"socket:[{fields[9]}]")
+    replaced = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") not in listening:
+                continue
+            fd = int(name)
+            family = socket.socket(fileno=os.dup(fd))
+            placeholder = socket.socket(family.family, socket.SOCK_STREAM)
+            family.close()
+            os.dup2(placeholder.fileno(), fd, inheritable=False)
+            placeholder.close()
+        except OSError:
+            continue
+        replaced.append(fd)
+    return replaced
+
+
 def setup_failure(error: BaseException) -> str:
     """One line: why CASA (or the call's setup) could not start, and which config said so.
 
@@ -141,6 +181,7 @@ def _prepare(request: _job.Request, directory: Path) -> None:
         from casaguard._incasa.logs import log_to
 
         log_to(str(directory / _job.CASA_LOG))
+        close_listeners()
 
 
 def _error_reply(error: BaseException) -> _job.Reply:

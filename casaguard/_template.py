@@ -673,6 +673,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except Exception as error:  # e.g. casatools refusing its measurespath
         _send_line(sock, {"setup_error": _child.setup_failure(error)})
         raise
+    _child.close_listeners()  # casatools' gRPC registry: no fork may inherit it
     scratch = os.getcwd()
     os.chdir("/")  # never pin a directory; each fork goes to its caller's cwd
     if os.path.basename(scratch).startswith(SCRATCH_PREFIX):

@@ -8,6 +8,7 @@ owners bind it as they bind an ordinary user. The shared directory plays
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -19,9 +20,10 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from casaguard import casaenv, crashdir
+from casaguard import _template, casaenv, crashdir
 from casaguard.errors import SetupError
 from tests.conftest import DROP_ROOT_POWERS
 
@@ -214,6 +216,60 @@ def test_private_dir_refuses_a_group_writable_directory(tmp_path: Path) -> None:
     assert str(loose) in str(caught.value) and "775" in str(caught.value)
     assert "\n" not in str(caught.value)
     assert not (loose / "casaguard").exists()
+
+
+def _tcp_listeners(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket ``pid`` holds in LISTEN state."""
+    return [
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    ]
+
+
+def _my_listeners() -> list[tuple[str, int]]:
+    """What the calling process listens on (run inside a guarded child)."""
+    return _tcp_listeners(os.getpid())
+
+
+def _non_loopback(listeners: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    return [(ip, port) for ip, port in listeners if not ipaddress.ip_address(ip).is_loopback]
+
+
+def test_casatools_grpc_registry_is_casatools_own_listener(tmp_path: Path) -> None:
+    """Plain casatools listens on all interfaces at import: the finding the template must undo."""
+    code = (
+        "import os, sys, psutil, casatools; "
+        "print([(c.laddr.ip, c.status) for c in psutil.Process().net_connections(kind='tcp')])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--noconfig"],
+        capture_output=True,
+        text=True,
+        env=casaenv.child_environment(),
+        cwd=tmp_path,
+        timeout=300,
+        check=True,
+    )
+    assert "'LISTEN'" in result.stdout.splitlines()[-1]
+    assert "'::'" in result.stdout or "'0.0.0.0'" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["template", "spawn"])
+def test_no_network_listener_in_template_or_child(
+    ms: Path, complist: Path, mode: str, no_leaks: None
+) -> None:
+    """After a guarded ft, neither the warm template nor a child listens on a non-loopback port."""
+    import casaguard
+
+    casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True, mode=mode)
+    in_child = casaguard.call(_my_listeners, mode=mode)
+    assert _non_loopback(in_child) == [], in_child
+    if mode == "template":
+        pid = _template.template_pid()
+        assert pid is not None
+        assert _non_loopback(_tcp_listeners(pid)) == []
+    casaguard.clearcal(vis=str(ms), addmodel=True, mode=mode)
 
 
 def _crash_once() -> None:
