@@ -405,11 +405,14 @@ class TemplateLauncher:
         for _ in range(2):
             try:
                 template = _current_template(env, self.flavor)
-            except TemplateSetupFailed as error:
-                raise SetupError(str(error)) from None
             except TemplateUnavailable as error:
                 if self.required:
-                    raise SetupError(TEMPLATE_UNAVAILABLE.format(reason=error)) from None
+                    # CASA's own one line when its configuration is the cause.
+                    setup = isinstance(error, TemplateSetupFailed)
+                    reason = str(error) if setup else TEMPLATE_UNAVAILABLE.format(reason=error)
+                    raise SetupError(reason) from None
+                # A spawned child still serves calls that need no CASA (casa=False);
+                # one that needs CASA replies with the same SetupError line.
                 return self._fall_back(job, str(error))
             try:
                 pid, alive = template.fork(job.path, env)
