@@ -23,10 +23,12 @@ containers and CI) another user could plant either (docs/security.md):
   config goes to ``$XDG_RUNTIME_DIR/casaguard`` if that is safe, else to a
   fresh ``mkdtemp`` directory for this process (removed at exit), with a
   ``site_config_fallback`` warning: the call works, and nothing planted runs.
-- ``~/.casa/config.py``, which CASA loads after the site config, must be the
-  caller's (same checks) or absent; otherwise every call raises ``SetupError``
-  with one line naming the file (silently dropping what may be the user's real
-  config would change results). When it is absent, children start CASA with
+- a ``CASASITECONFIG`` the user set, and ``~/.casa/config.py`` (which CASA
+  loads after the site config), must be owned by the caller or root, writable
+  by no one else, below directories that pass the same checks (the user config
+  may also be absent); otherwise every call raises ``SetupError`` with one line
+  naming the file (silently dropping what may be the user's real config would
+  change results). When there is no user config, children start CASA with
   ``--noconfig`` (``CASA_ARGS_ENV``), so one planted after the check is never read.
 """
 
@@ -62,6 +64,10 @@ UNSAFE_DIR = "{problem}: another local user could plant files there that CASA ru
 UNSAFE_USER_CONFIG = (
     "CASA would execute {path} as you, but {problem}: remove it, or make it and "
     "its directories yours and writable only by you"
+)
+UNSAFE_SITE_CONFIG = (
+    "CASASITECONFIG={path} would be executed by CASA as you, but {problem}: point it at "
+    "a file that only you (or root) can change"
 )
 #: What casaconfig loads after the site config (its ``--configfile`` default).
 CASA_USER_CONFIG = "~/.casa/config.py"
@@ -167,14 +173,22 @@ def check_user_config(home: str | None = None) -> list[str]:
     except OSError as error:
         raise SetupError(UNSAFE_USER_CONFIG.format(path=path, problem=error.strerror)) from None
     try:
-        real = _walk(path, create=False)
-        info = os.stat(real)
-        if not stat.S_ISREG(info.st_mode):
-            raise _Unsafe(f"{real} is not a regular file")
-        _check_own(real, info)
+        _check_code_file(path)
     except _Unsafe as unsafe:
         raise SetupError(UNSAFE_USER_CONFIG.format(path=path, problem=unsafe.problem)) from None
     return []
+
+
+def check_site_config(path: str) -> None:
+    """Refuse a ``CASASITECONFIG`` that someone other than the caller or root could change.
+
+    Raises:
+        SetupError: one line naming the file or directory at fault.
+    """
+    try:
+        _check_code_file(Path(path))
+    except _Unsafe as unsafe:
+        raise SetupError(UNSAFE_SITE_CONFIG.format(path=path, problem=unsafe.problem)) from None
 
 
 def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -189,7 +203,9 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """
     env = dict(os.environ if base is None else base)
     env[CASA_ARGS_ENV] = " ".join(check_user_config(env.get("HOME") or None))
-    if not env.get(SITE_CONFIG_ENV):
+    if env.get(SITE_CONFIG_ENV):
+        check_site_config(env[SITE_CONFIG_ENV])
+    else:
         env[SITE_CONFIG_ENV] = str(site_config_path())
     env["LIBC_FATAL_STDERR_"] = "1"
     env.setdefault("PYTHONFAULTHANDLER", "1")
@@ -324,6 +340,17 @@ def _check_ancestor(path: Path, info: os.stat_result) -> None:
         raise _Unsafe(f"{path} is not a directory")
     if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
         raise _Unsafe(f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):o})")
+
+
+def _check_code_file(path: Path) -> None:
+    """A file CASA will exec: owned by the caller or root, writable by no one else, in safe dirs."""
+    real = _walk(path, create=False)
+    info = os.stat(real)
+    if not stat.S_ISREG(info.st_mode):
+        raise _Unsafe(f"{real} is not a regular file")
+    _check_owner(real, info)
+    if info.st_mode & 0o022:
+        raise _Unsafe(f"{real} is writable by others (mode {stat.S_IMODE(info.st_mode):o})")
 
 
 def _check_own(path: Path, info: os.stat_result) -> None:

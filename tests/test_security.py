@@ -341,3 +341,35 @@ def test_evidence_is_private_to_the_caller(
             sys.exit("readable by another user")
         """
     as_attacker(probe)
+
+
+def test_explicit_site_config_writable_by_others_is_refused(
+    shared_home: Path, ms: Path, complist: Path
+) -> None:
+    """A CASASITECONFIG another user can rewrite is refused in one line before any child starts."""
+    marker = shared_home / "pwned"
+    site = shared_home / "site.py"
+    as_attacker(
+        f"""
+        import os
+        with open({str(site)!r}, "w") as f:
+            f.write({planted_config(marker)!r})
+        os.chmod({str(site)!r}, 0o666)
+        """
+    )
+    code = _VICTIM_FT
+    env = dict(os.environ, **{casaenv.SITE_CONFIG_ENV: str(site)})
+    result = subprocess.run(
+        [*DROP_ROOT_POWERS, sys.executable, "-c", code, str(ms), str(complist)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ms.parent,
+        timeout=300,
+        check=False,
+    )
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    victim = json.loads(line[len("RESULT ") :])
+    assert victim["outcome"] == "refused", victim
+    assert "\n" not in victim["message"] and f"uid {ATTACKER_UID}" in victim["message"]
+    assert not marker.exists()
