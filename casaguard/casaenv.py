@@ -44,11 +44,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-import structlog
-
 from casaguard.errors import SetupError
-
-log = structlog.get_logger("casaguard")
 
 SITE_CONFIG_ENV = "CASASITECONFIG"
 #: casaconfig reads flags such as ``--noconfig`` from ``sys.argv`` at import: a child
@@ -236,6 +232,11 @@ def _config_dir(preferred: str) -> Path:
         return private_dir(Path(preferred))
     except SetupError as unsafe:
         reason = str(unsafe)
+    # Imported here: a spawned child imports this module for one constant and
+    # should not pay for structlog.
+    import structlog
+
+    log = structlog.get_logger("casaguard")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         try:
