@@ -121,11 +121,21 @@ def site_config_path() -> Path:
     """
     text = site_config_text()
     name = site_config_name(text)
-    directory = _config_dir(str(_cache_dir()))
-    path = directory / name
-    if not _holds_exactly(path, text):
-        _write_private(directory, name, text)
-    return path
+    for attempt in range(2):
+        directory = _config_dir(str(_cache_dir()))
+        path = directory / name
+        if _holds_exactly(path, text):
+            return path
+        try:
+            _write_private(directory, name, text)
+            return path
+        except FileNotFoundError:
+            if attempt:
+                raise SetupError(f"cannot write CASA's site config in {directory}") from None
+            _config_dir.cache_clear()  # the directory went away since it was checked
+        except OSError as error:
+            raise SetupError(f"cannot write CASA's site config in {directory}: {error}") from None
+    raise AssertionError("unreachable")
 
 
 def private_dir(path: Path) -> Path:

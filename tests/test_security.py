@@ -373,3 +373,16 @@ def test_explicit_site_config_writable_by_others_is_refused(
     assert victim["outcome"] == "refused", victim
     assert "\n" not in victim["message"] and f"uid {ATTACKER_UID}" in victim["message"]
     assert not marker.exists()
+
+
+def test_site_config_is_rewritten_when_its_private_dir_vanishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private cache dir removed after its check is made and checked again: no OSError."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    casaenv._config_dir.cache_clear()
+    first = casaenv.site_config_path()
+    shutil.rmtree(tmp_path / "cache")
+    assert casaenv.site_config_path() == first
+    assert first.read_text() == casaenv.site_config_text()
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
