@@ -32,6 +32,8 @@ from casaguard import _job, casaenv
 _PR_SET_PDEATHSIG = 1
 #: The one line a call gets (as ``SetupError``) when CASA cannot start in the child.
 CASA_SETUP_FAILED = "CASA cannot start with its configuration: {cause}{where}"
+#: The one line when the child cannot prepare a call (e.g. the caller's cwd is gone).
+PREPARE_FAILED = "the sandbox child could not prepare the call: {cause}"
 #: The reply's exception type that the runner turns into ``SetupError``.
 SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
 _TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
@@ -73,10 +75,11 @@ def run_job(directory: Path) -> NoReturn:
         _prepare(request, directory)
     except Exception as error:  # noqa: BLE001 - any setup failure is the caller's one line
         _job.mark(directory, "setup-failed")
+        message = str(error) if isinstance(error, _CasaSetupFailed) else None
         reply = _job.Reply(
             ok=False,
             exc_type=SETUP_ERROR_TYPE,
-            exc_message=setup_failure(error),
+            exc_message=message or PREPARE_FAILED.format(cause=_first_line(error)),
             traceback="".join(traceback.format_exception(error)),
         )
         with contextlib.suppress(BaseException):
@@ -158,8 +161,7 @@ def setup_failure(error: BaseException) -> str:
     when ``measurespath`` is wrong; casaconfig has by then recorded where
     ``measurespath`` came from.
     """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    cause = lines[0] if lines else type(error).__name__
+    cause = _first_line(error)
     config = sys.modules.get("casaconfig.config")
     where = ""
     if config is not None:
@@ -180,8 +182,20 @@ def _prepare(request: _job.Request, directory: Path) -> None:
     if request.setup_casa_log:
         from casaguard._incasa.logs import log_to
 
-        log_to(str(directory / _job.CASA_LOG))
+        try:
+            log_to(str(directory / _job.CASA_LOG))  # the first casatools import
+        except Exception as error:
+            raise _CasaSetupFailed(setup_failure(error)) from error
         close_listeners()
+
+
+class _CasaSetupFailed(Exception):
+    """CASA itself could not start in this child; the message is the caller's one line."""
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _error_reply(error: BaseException) -> _job.Reply:

@@ -670,12 +670,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
     from casaguard import _child
 
     _child.casa_arguments()
-    try:
-        for module in flavor.warm:
+    for module in flavor.warm:
+        try:
             importlib.import_module(module)
-    except Exception as error:  # e.g. casatools refusing its measurespath
-        _send_line(sock, {"setup_error": _child.setup_failure(error)})
-        raise
+        except Exception as error:  # e.g. casatools refusing its measurespath
+            casa = module in ("casatools", "casatasks")
+            cause = _child.setup_failure(error) if casa else f"cannot import {module}: {error}"
+            _send_line(sock, {"setup_error": cause.splitlines()[0] if cause else module})
+            raise
     _child.close_listeners()  # casatools' gRPC registry: no fork may inherit it
     scratch = os.getcwd()
     os.chdir("/")  # never pin a directory; each fork goes to its caller's cwd
