@@ -111,6 +111,8 @@ def test_call_with_missing_measures_raises_setup_error_and_touches_nothing(
     assert "\n" not in message
     assert message.startswith(_child.CASA_SETUP_FAILED.split("{")[0])
     assert "no-such-measures' does not exist" in message
+    doctor_json = _run(_DOCTOR, "--json", env=missing_measures, cwd=tmp_path).stdout
+    assert json.loads(doctor_json[doctor_json.index("{") :])["casa"]["error"] == message
     assert "journal_restored" not in result.stdout and "crash_classified" not in result.stdout
     assert {p.name: p.stat().st_mtime_ns for p in ms.rglob("*")} == before
     assert_casa_can_use(ms, complist)
