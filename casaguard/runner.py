@@ -374,7 +374,8 @@ def _finish(
     if reply is not None and not reply.ok and reply.exc_type == "casaguard.errors.InvalidInput":
         log.info("task_finished", **fields, outcome="invalid-input")
         raise InvalidInput(reply.exc_message)
-    if reply is not None and not reply.ok and reply.exc_type == _SETUP_ERROR_TYPE:
+    setup_failed = "setup-failed" in job.progress()
+    if reply is not None and not reply.ok and reply.exc_type == _SETUP_ERROR_TYPE and setup_failed:
         # CASA never started in the child, so the task wrote nothing: no restore.
         log.info("task_finished", **fields, outcome="setup-error")
         raise SetupError(reply.exc_message)
