@@ -164,6 +164,10 @@ class TemplateUnavailable(Exception):
     """The template cannot serve this call; the reason is the message."""
 
 
+class TemplateSetupFailed(TemplateUnavailable):
+    """CASA could not start with this configuration: a spawned child would fail alike."""
+
+
 # ---------------------------------------------------------------- caller side
 
 
@@ -177,6 +181,8 @@ class _Template:
         self.pid = 0
         self.failure = ""
         self.exit_code: int | None = None
+        #: The one-line cause when CASA could not start with this configuration.
+        self.setup_error = ""
         self._ready = False
         self.announced = False
         self._dead = False
@@ -327,7 +333,7 @@ class _Template:
         tail = self.stderr_tail()
         self._stderr.close()
         self._set_dead(f"exited with status {code}" + (f": {tail}" if tail else ""))
-        event = log.info if self._closing else log.warning
+        event = log.info if self._closing or self.setup_error else log.warning
         event("template_exited", pid=self.pid, exit_code=code, stderr_tail=tail[-500:] or None)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -341,6 +347,8 @@ class _Template:
                 self._replies[int(message["id"])] = message
             elif "ready" in message:
                 self._ready = True
+            elif "setup_error" in message:
+                self.failure = self.setup_error = str(message["setup_error"])
             self._cond.notify_all()
 
     def _set_dead(self, reason: str) -> None:
@@ -399,7 +407,12 @@ class TemplateLauncher:
                 template = _current_template(env, self.flavor)
             except TemplateUnavailable as error:
                 if self.required:
-                    raise SetupError(TEMPLATE_UNAVAILABLE.format(reason=error)) from None
+                    # CASA's own one line when its configuration is the cause.
+                    setup = isinstance(error, TemplateSetupFailed)
+                    reason = str(error) if setup else TEMPLATE_UNAVAILABLE.format(reason=error)
+                    raise SetupError(reason) from None
+                # A spawned child still serves calls that need no CASA (casa=False);
+                # one that needs CASA replies with the same SetupError line.
                 return self._fall_back(job, str(error))
             try:
                 pid, alive = template.fork(job.path, env)
@@ -470,6 +483,8 @@ def _current_template(env: dict[str, str], flavor: str = "casa") -> _Template:
             _retry_at[flavor] = time.monotonic() + RETRY_AFTER_S
             _last_failure[flavor] = template.failure
     template.close()
+    if template.setup_error:
+        raise TemplateSetupFailed(template.setup_error)
     raise TemplateUnavailable(template.failure)
 
 
@@ -652,8 +667,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
         os._exit(0)  # the caller died before the signal was armed
     sock = socket.socket(fileno=control_fd)
     sys.meta_path.insert(0, _Refuse(flavor))
+    from casaguard import _child
+
+    _child.casa_arguments()
     for module in flavor.warm:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # e.g. casatools refusing its measurespath
+            casa = module in ("casatools", "casatasks")
+            cause = _child.setup_failure(error) if casa else f"cannot import {module}: {error}"
+            _send_line(sock, {"setup_error": cause.splitlines()[0] if cause else module})
+            raise
+    _child.close_listeners()  # casatools' gRPC registry: no fork may inherit it
     scratch = os.getcwd()
     os.chdir("/")  # never pin a directory; each fork goes to its caller's cwd
     if os.path.basename(scratch).startswith(SCRATCH_PREFIX):

@@ -6,7 +6,8 @@ or empty subtable, empty main table, unreadable column -- is unsafe); 2 bad inpu
 ``unknown``). 2 wins over 1. Many MSs run on the batch engine
 (``casaguard.batch.map_probe``: ``--jobs`` threads, or ``--scheduler`` for Dask), with
 the shared terminal progress bar of ``casaguard.cli_batch``. ``doctor`` exits 0, or 1
-when it found a problem (no measures data, a known-bad combination, a clash reproduced).
+when it found a problem (no measures data, CASA unable to start with its configuration
+and read a measure, a known-bad combination, a clash reproduced).
 """
 
 from __future__ import annotations
@@ -147,16 +148,23 @@ def render(report: ProbeReport, *, verbose: bool = False) -> str:
 def cmd_doctor(args: argparse.Namespace) -> int:
     env = doctor.environment()
     findings = doctor.environment_findings(env)
+    casa = doctor.casa_check()
     deep = doctor.deep_check() if args.deep else None
     problem = (
         bool(findings)
         or not env["measures"].get("found")
+        or not casa["ok"]
         or bool(deep and not all(d["ok"] for d in deep))
     )
     if args.json:
         print(
             json.dumps(
-                {"environment": env, "findings": [f.to_dict() for f in findings], "deep": deep},
+                {
+                    "environment": env,
+                    "casa": casa,
+                    "findings": [f.to_dict() for f in findings],
+                    "deep": deep,
+                },
                 indent=2,
                 default=str,
             )
@@ -172,11 +180,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     )
     measures = env["measures"]
     state = (
-        "found"
+        ("found" if casa["ok"] else "NOT usable by CASA (see casa start)")
         if measures.get("found")
         else f"NOT found {measures.get('missing') or measures.get('error', '')}"
     )
     print(f"{'measures':<16} {state} ({measures.get('source')}: {measures.get('path')})")
+    if casa["ok"]:
+        print(
+            f"{'casa start':<16} ok: TAI-UTC {casa['tai_minus_utc_s']:.0f} s at "
+            f"{doctor.MEASURES_EPOCH} from {casa['measurespath']}"
+        )
+    else:
+        print(f"{'casa start':<16} FAILED: {casa['error']}")
     print(
         f"{'clash risk':<16} "
         f"{'YES: python-casacore < 3.8.1 with casatools' if env['clash_risk'] else 'no'}"

@@ -3,8 +3,9 @@
 Everything here is found without importing casatools, casatasks or
 python-casacore into the calling process: versions come from package
 metadata and ``wsclean --version`` (``casaguard.versions`` owns both), measures
-data from the casadata package's directory. Only ``deep_check`` loads the libraries --
-in throwaway sandbox children.
+data from the casadata package's directory. Only ``casa_check`` (CASA started with
+the effective configuration, reading a real measure) and ``deep_check`` load the
+libraries -- in throwaway sandbox children.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from typing import Any
 
 from casaguard import casaenv, versions
-from casaguard.errors import CasaCrash, SetupError
+from casaguard.errors import CasaCrash, CasaguardError, SetupError
 from casaguard.findings import Finding
 
 PACKAGES = ("casatools", "casatasks", "casaconfig", "casadata", "python-casacore")
@@ -25,6 +26,14 @@ PACKAGES = ("casatools", "casatasks", "casaconfig", "casadata", "python-casacore
 FIRST_SAFE_CASACORE = (3, 8, 1)
 IN_PROCESS_MODULES = ("casacore", "casatools", "casatasks")
 _MEASURES_DIRS = ("geodetic", "ephemerides")
+#: The live check's epoch and the TAI - UTC it must give there (leap seconds since 2017).
+MEASURES_EPOCH = "2020/01/01/00:00:00"
+TAI_MINUS_UTC_S = 37.0
+CASA_CHECK_WRONG = (
+    "CASA started but TAI - UTC at {epoch} came out {offset:.3f} s, not {expected:.0f} s: "
+    "the leap-second table {leap_second_table} under measurespath {measurespath} "
+    "is missing or unreadable"
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -49,6 +58,44 @@ def measures() -> dict[str, Any]:
         return {"source": "casadata", "path": None, "found": False, "error": str(error)}
     missing = [d for d in _MEASURES_DIRS if not (directory / d).is_dir()]
     return {"source": "casadata", "path": str(directory), "found": not missing, "missing": missing}
+
+
+def casa_check(*, timeout: float = 120.0) -> dict[str, Any]:
+    """Start CASA in a child with the configuration every call gets, and read a real measure.
+
+    The child converts an epoch UTC -> TAI, which reads the leap-second table
+    from CASA's measures data; the static ``measures()`` look at directories
+    cannot see a site config whose ``measurespath`` does not exist.
+
+    Returns:
+        ``{"ok", "error", "tai_minus_utc_s", "measurespath", "leap_second_table",
+        "config_files"}``; ``error`` is one line when ``ok`` is False.
+    """
+    from casaguard import tasks
+    from casaguard._job import Ref
+
+    result: dict[str, Any] = {"ok": False, "error": None}
+    try:
+        reply = tasks.call(
+            Ref("casaguard._incasa.measures", "tai_minus_utc"), MEASURES_EPOCH, timeout=timeout
+        )
+    except CasaguardError as error:
+        result["error"] = _one_line(str(error))
+        return result
+    result.update(reply)
+    offset = float(reply["tai_minus_utc_s"])
+    if abs(offset - TAI_MINUS_UTC_S) > 1e-3:
+        result["error"] = CASA_CHECK_WRONG.format(
+            offset=offset, expected=TAI_MINUS_UTC_S, epoch=MEASURES_EPOCH, **reply
+        )
+        return result
+    result["ok"] = True
+    return result
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else text
 
 
 def _version_tuple(text: str | None) -> tuple[int, ...]:

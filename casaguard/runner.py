@@ -57,6 +57,7 @@ from casaguard.errors import (
     InvalidInput,
     MsLocked,
     RemoteTraceback,
+    SetupError,
     child_error_class,
 )
 
@@ -66,6 +67,8 @@ DEFAULT_LOCK_TIMEOUT_S = 60.0
 KILL_GRACE_S = 2.0
 _POLL_S = 0.25
 MODE_ENV = "CASAGUARD_MODE"
+#: The child's reply type for "CASA could not start" (``casaguard._child.SETUP_ERROR_TYPE``).
+_SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
 
 #: Set by a batch engine (``casaguard.batch``) in the thread that drives a call:
 #: once the event is set, the call kills its child tree and raises
@@ -448,10 +451,15 @@ def _finish(
     if reply is not None and not reply.ok and reply.exc_type == "casaguard.errors.InvalidInput":
         log.info("task_finished", **fields, outcome="invalid-input")
         raise InvalidInput(reply.exc_message)
+    setup_failed = "setup-failed" in job.progress()
+    if reply is not None and not reply.ok and reply.exc_type == _SETUP_ERROR_TYPE and setup_failed:
+        # CASA never started in the child, so the task wrote nothing: no restore.
+        log.info("task_finished", **fields, outcome="setup-error")
+        raise SetupError(reply.exc_message)
     error = _exception(
         spec, job, handle, exit_code, verdict, reply, output, casa_log, elapsed, kill
     )
-    if snapshot is not None and verdict.kind not in ("casa-severe",):
+    if snapshot is not None and verdict.kind not in ("casa-severe",) and _task_started(job, handle):
         _restore(spec, snapshot, error)
     log.warning(
         "crash_classified",
@@ -465,6 +473,16 @@ def _finish(
     if reply is not None and not reply.ok and reply.traceback:
         raise error from RemoteTraceback(reply.traceback)
     raise error
+
+
+def _task_started(job: _job.JobDir, handle: ChildHandle) -> bool:
+    """False when the child provably never ran the task (so it wrote nothing to restore).
+
+    A plain command (WSClean) writes no progress markers: it may always have written.
+    """
+    if not getattr(handle, "replies", True):
+        return True
+    return "started" in job.progress()
 
 
 def _restore(spec: CallSpec, snapshot: Any, error: CasaCrash | None) -> None:
