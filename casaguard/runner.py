@@ -303,6 +303,9 @@ def _run(spec: CallSpec) -> Any:
             )
         )
         if spec.journal is not None:
+            # An unsafe CASA configuration is refused before the MS is touched
+            # (the writer lock and journal), so a refused call changes nothing.
+            casaenv.child_environment()
             snapshot = spec.journal.before()
         oom_before = oom.oom_kill_count()
         handle = launcher.start(job)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from casaguard import _child, casaenv, doctor
+from casaguard import _child, casaenv, doctor, journal
 from tests.next_reader import assert_casa_can_use
 
 _DOCTOR = """
@@ -96,12 +96,21 @@ def test_doctor_fails_in_one_line_when_measurespath_does_not_exist(
     assert report["casa"]["error"] in line
 
 
+def _mtimes(ms: Path) -> dict[str, int]:
+    """Every file's mtime, except the single-writer lock file any guarded write creates."""
+    return {
+        str(p.relative_to(ms)): p.stat().st_mtime_ns
+        for p in ms.rglob("*")
+        if p.name != journal.WRITER_LOCK_FILE
+    }
+
+
 @pytest.mark.parametrize("mode", ["template", "spawn"])
 def test_call_with_missing_measures_raises_setup_error_and_touches_nothing(
     missing_measures: dict[str, str], ms: Path, complist: Path, tmp_path: Path, mode: str
 ) -> None:
     """A guarded ft under that configuration raises SetupError in doctor's one line; no restore."""
-    before = {p.name: p.stat().st_mtime_ns for p in ms.rglob("*")}
+    before = _mtimes(ms)
     result = _run(_FT, str(ms), str(complist), mode, env=missing_measures, cwd=tmp_path)
     lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
     assert lines, result.stdout + result.stderr
@@ -114,5 +123,5 @@ def test_call_with_missing_measures_raises_setup_error_and_touches_nothing(
     doctor_json = _run(_DOCTOR, "--json", env=missing_measures, cwd=tmp_path).stdout
     assert json.loads(doctor_json[doctor_json.index("{") :])["casa"]["error"] == message
     assert "journal_restored" not in result.stdout and "crash_classified" not in result.stdout
-    assert {p.name: p.stat().st_mtime_ns for p in ms.rglob("*")} == before
+    assert _mtimes(ms) == before
     assert_casa_can_use(ms, complist)
