@@ -12,7 +12,9 @@ and are never deleted.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +85,8 @@ def lock_holders(table: str | os.PathLike[str], *, include_self: bool = False) -
 
 def blocking_holder(table: str | os.PathLike[str]) -> LockHolder | None:
     """Return the first other process whose lock would make CASA wait, or None."""
+    if not _lock_byte_taken(Path(table) / "table.lock"):
+        return None
     for holder in lock_holders(table):
         if holder.blocks_casa:
             return holder
@@ -106,6 +110,31 @@ def waiting_pids(table: str | os.PathLike[str]) -> set[int]:
             if parsed is not None:
                 waiting.add(parsed[0])
     return waiting
+
+
+def _lock_byte_taken(lock_file: Path) -> bool:
+    """Whether another process holds a lock on the table-lock byte (``F_GETLK``: takes nothing).
+
+    The fast path of every guarded call: reading ``/proc/locks`` makes the kernel
+    take its file-lock rwsem for writing, which waits for an RCU grace period
+    (measured: 9-18 ms right after a CASA child used fcntl locks), while
+    ``F_GETLK`` asks about one file in microseconds. It reports only one
+    conflicting lock, so a conflict still goes through ``/proc/locks`` for the
+    holder's pid and command line. Locks of this process never conflict.
+    """
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nobody can hold the table
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, TABLE_LOCK_BYTE, 1, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    except OSError:
+        return True  # cannot tell: take the slow, complete path
+    finally:
+        os.close(fd)
+    lock_type: int = struct.unpack("hhqqi", answer)[0]
+    return lock_type != fcntl.F_UNLCK
 
 
 def _parse(line: str, device: int, inode: int) -> tuple[int, str] | None:
