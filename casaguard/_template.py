@@ -521,10 +521,11 @@ def warmup(timeout: float = START_TIMEOUT_S, *, wait: bool = True) -> int | None
     """Start the warm template now, so the first guarded call does not pay CASA's import.
 
     Use it where a process starts that will make guarded calls: a
-    ``multiprocessing.Pool`` initializer (``Pool(4, initializer=casaguard.warmup,
-    initkwargs={"wait": False})`` starts each worker's template in the
-    background; ``map_task`` on Dask installs a worker plugin that does the same
-    in every worker, see ``casaguard.engines.warmup_plugin``). A worker forked
+    ``multiprocessing.Pool`` initializer (``Pool(4,
+    initializer=functools.partial(casaguard.warmup, wait=False))`` starts each
+    worker's template in the background; ``map_task`` on Dask installs a worker
+    plugin that does the same in every worker, see
+    ``casaguard.engines.warmup_plugin``). A worker forked
     from a process that already had a template never shares it: after ``fork``
     the worker starts its own.
 
