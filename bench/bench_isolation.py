@@ -33,29 +33,28 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import psutil
+import _common
 import structlog
 
 import casaguard
-from casaguard import _template, casaenv
 
-HERE = Path(__file__).resolve().parent
-#: name -> simulate_ms arguments; rows = n(n-1)/2 baselines x n_times (one spw).
-SIZES: dict[str, dict[str, Any]] = {
-    "1k": {"n_antennas": 8, "n_times": 36, "nchan": (8,)},  # 28 x 36 = 1,008
-    "100k": {"n_antennas": 32, "n_times": 202, "nchan": (8,)},  # 496 x 202 = 100,192
-    "1M": {"n_antennas": 64, "n_times": 496, "nchan": (8,)},  # 2,016 x 496 = 999,936
-}
-KEEP_SIZES = {"1k"}  # cached between runs; the others are deleted after the run
+HERE = _common.HERE
+SIZES = _common.SIZES
+KEEP_SIZES = _common.KEEP_SIZES
+build, InProcess, rss_loop, summarise = (
+    _common.build,
+    _common.InProcess,
+    _common.rss_loop,
+    _common.summarise,
+)
+
 TARGETS = {
     "warm_overhead_ms_small": 25.0,
     "ratio_at_100k_or_more": 1.05,
@@ -63,78 +62,6 @@ TARGETS = {
     "probe_static_s": 0.150,
     "rss_growth_mb": 5.0,
 }
-
-EVENTS: Counter[str] = Counter()
-
-
-def _count_events(_: Any, __: str, event: dict[str, Any]) -> Any:
-    EVENTS[event["event"]] += 1
-    raise structlog.DropEvent
-
-
-def build(name: str, complist: Path) -> tuple[Path, int]:
-    """The simulated MS of size ``name`` (built once), and its row count."""
-    directory = HERE / "ms"
-    directory.mkdir(exist_ok=True)
-    path = directory / f"isolation-{name}.ms"
-    rows_file = path.with_suffix(".rows")
-    if path.exists() and rows_file.exists():
-        return path, int(rows_file.read_text())
-    shutil.rmtree(path, ignore_errors=True)
-    started = time.monotonic()
-    rows = casaguard.simulate_ms(path, timeout=3600, **SIZES[name])
-    rows_file.write_text(str(rows))
-    # One untimed ft creates MODEL_DATA, so every timed call does the same work.
-    casaguard.ft(
-        vis=str(path), complist=str(complist), usescratch=True, mode="spawn", journal=False
-    )
-    print(f"built {path.name}: {rows} rows in {time.monotonic() - started:.0f} s", flush=True)
-    return path, rows
-
-
-class InProcess:
-    """A plain CASA process (casatasks imported once) that runs and times ``ft`` on request.
-
-    It lives through the whole run, so its calls interleave with the guarded ones
-    and a machine shared with other work slows every method alike.
-    """
-
-    CODE = textwrap.dedent(
-        """
-        import json, sys, time
-        import casatasks
-        print("READY", flush=True)
-        for line in sys.stdin:
-            path, complist = json.loads(line)
-            started = time.perf_counter()
-            casatasks.ft(vis=path, complist=complist, usescratch=True)
-            print(time.perf_counter() - started, flush=True)
-        """
-    )
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-P", "-c", self.CODE],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=casaenv.child_environment(),
-            cwd=HERE / "ms",  # casatools drops casa-<date>.log files in its cwd
-        )
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != "READY":
-            raise RuntimeError("the in-process CASA worker did not start")
-
-    def ft(self, path: Path, complist: Path) -> float:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps([str(path), str(complist)]) + "\n")
-        self.process.stdin.flush()
-        return float(self.process.stdout.readline())
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
 
 
 def time_interleaved(
@@ -206,64 +133,6 @@ def time_cold(path: Path, complist: Path, runs: int) -> list[float]:
     return times
 
 
-def rss_loop(path: Path, complist: Path, calls: int) -> dict[str, Any]:
-    """Caller RSS before/after ``calls`` guarded ft calls, each under a timeout; leak check."""
-    me = psutil.Process()
-    casaguard.warmup()
-    for _ in range(5):
-        casaguard.ft(
-            vis=str(path), complist=str(complist), usescratch=True, timeout=60, journal=False
-        )
-    EVENTS.clear()
-    before = me.memory_info().rss
-    started = time.monotonic()
-    failures: Counter[str] = Counter()
-    for _ in range(calls):
-        try:
-            casaguard.ft(
-                vis=str(path), complist=str(complist), usescratch=True, timeout=60, journal=False
-            )
-        except casaguard.CasaCrash as error:
-            failures[error.kind] += 1
-    elapsed = time.monotonic() - started
-    after = me.memory_info().rss
-    # The warm templates (one per flavor: CASA, python-casacore) outlive calls by design.
-    templates = {_template.template_pid(flavor) for flavor in _template.FLAVORS} - {None}
-    leaked = [
-        {"pid": p.pid, "name": p.name()}
-        for p in me.children(recursive=True)
-        if p.pid not in templates and p.status() != psutil.STATUS_ZOMBIE
-    ]
-    stray_forks = [
-        p.pid
-        for p in psutil.process_iter(["name", "ppid"])
-        if p.info["name"] == _template.FORK_NAME.decode() and p.info["ppid"] not in templates
-    ]
-    return {
-        "calls": calls,
-        "elapsed_s": round(elapsed, 2),
-        "rss_before_mb": round(before / 2**20, 2),
-        "rss_after_mb": round(after / 2**20, 2),
-        "rss_growth_mb": round((after - before) / 2**20, 2),
-        "failures": dict(failures),
-        "timeouts": failures.get("timeout", 0),
-        "template_calls": EVENTS["task_started"] - EVENTS["template_fallback"],
-        "fallbacks": EVENTS["template_fallback"],
-        "unresponsive_forks": EVENTS["template_fork_unresponsive"],
-        "template_restarts": EVENTS["template_exited"],
-        "leaked_processes": leaked + [{"pid": pid, "name": "stray fork"} for pid in stray_forks],
-    }
-
-
-def summarise(times: list[float]) -> dict[str, float]:
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "runs": len(times),
-    }
-
-
 def plot(results: dict[str, Any], png: Path) -> None:
     import matplotlib
 
@@ -326,7 +195,7 @@ def main() -> int:
     names = ["1k"] if args.quick else list(SIZES)
     runs = args.runs or (5 if args.quick else 7)
     calls = args.calls or (200 if args.quick else 1000)
-    structlog.configure(processors=[_count_events])
+    structlog.configure(processors=[_common.count_events])
     (HERE / "ms").mkdir(exist_ok=True)
     complist = HERE / "ms" / "isolation-point.cl"
     if not complist.exists():

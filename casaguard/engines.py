@@ -229,6 +229,7 @@ def _run_dask(
 ) -> list[ItemOutcome]:
     distributed = _import_distributed()
     with _dask_client(distributed, executor) as client:
+        _install_warmup(client, distributed)
         futures = {
             client.submit(
                 execute, run, index, item, remote=True, pure=False, key=f"{batch_id}-{index}"
@@ -241,6 +242,38 @@ def _run_dask(
             # Dask cannot stop a running task: its guarded call ends at its own timeout.
             client.cancel(list(futures))
             raise
+
+
+#: The name of casaguard's worker plugin on a Dask cluster.
+WARMUP_PLUGIN = "casaguard-warmup"
+
+
+def warmup_plugin(distributed: Any) -> Any:
+    """A Dask ``WorkerPlugin`` that starts each worker's warm template when the worker starts.
+
+    ``map_task`` / ``map_call`` / ``map_probe`` install it on their client
+    (idempotent: once per cluster; workers that join later get it too), so a
+    worker's first guarded call does not pay CASA's import on top of its own.
+    By hand: ``client.register_plugin(warmup_plugin(distributed))``.
+    """
+
+    class CasaguardWarmup(distributed.WorkerPlugin):  # type: ignore[misc]  # Any base
+        name = WARMUP_PLUGIN
+        idempotent = True
+
+        def setup(self, worker: Any) -> None:
+            from casaguard._template import warmup
+
+            warmup(wait=False)  # in the background: the worker is ready at once
+
+    return CasaguardWarmup()
+
+
+def _install_warmup(client: Any, distributed: Any) -> None:
+    try:
+        client.register_plugin(warmup_plugin(distributed))
+    except (AttributeError, TypeError, ValueError) as error:  # an old distributed: calls still work
+        log.warning("dask_warmup_not_installed", reason=str(error))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,9 @@ a table, casacore holds a READ lock on bytes 0-1 of its ``table.lock`` (until
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,8 @@ def lock_holders(table: str | os.PathLike[str], *, include_self: bool = False) -
 
 def blocking_holder(table: str | os.PathLike[str]) -> LockHolder | None:
     """Return the first other process whose lock would make CASA wait, or None."""
+    if not _lock_byte_taken(Path(table) / "table.lock"):
+        return None
     for holder in lock_holders(table):
         if holder.blocks_casa:
             return holder
@@ -197,6 +201,13 @@ def table_conflicts(
         by_inode[(st.st_dev, st.st_ino)] = table
     if not by_inode:
         return []
+    if not any(_lock_byte_taken(t / "table.lock") for t in by_inode.values()) and not (
+        include_self and _own_open_files(by_inode)
+    ):
+        # Fast path: nobody else holds a lock byte, and this process cannot hold
+        # a POSIX lock on a file it has no descriptor of (closing the last one
+        # drops the lock), so /proc/locks (9-18 ms after CASA ran) is not read.
+        return []
     me = os.getpid()
     found: dict[tuple[Path, int], str] = {}
     for line in text.splitlines():
@@ -233,6 +244,48 @@ def _parse_any(line: str, by_inode: Mapping[tuple[int, int], Path]) -> tuple[Pat
         return None
     parsed = _parse(line, key[0], key[1])
     return None if parsed is None else (table, parsed[0], parsed[1])
+
+
+def _own_open_files(by_inode: Mapping[tuple[int, int], Path]) -> bool:
+    """Whether this process has a descriptor open on any of ``by_inode``'s files."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return True  # cannot tell: take the slow, complete path
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in by_inode:
+            return True
+    return False
+
+
+def _lock_byte_taken(lock_file: Path) -> bool:
+    """Whether another process holds a lock on the lock file (``F_GETLK``: takes nothing).
+
+    The fast path of every guarded call: reading ``/proc/locks`` makes the kernel
+    take its file-lock rwsem for writing, which waits for an RCU grace period
+    (measured: 9-18 ms right after a CASA child used fcntl locks), while
+    ``F_GETLK`` asks about one file in microseconds. It reports only one
+    conflicting lock, so a conflict still goes through ``/proc/locks`` for the
+    holder's pid and command line. Locks of this process never conflict.
+    """
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nobody can hold the table
+    try:
+        # The whole file (length 0): casacore's read and write locks use bytes 0 and 1.
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    except OSError:
+        return True  # cannot tell: take the slow, complete path
+    finally:
+        os.close(fd)
+    lock_type: int = struct.unpack("hhqqi", answer)[0]
+    return lock_type != fcntl.F_UNLCK
 
 
 def _parse(line: str, device: int, inode: int) -> tuple[int, str] | None:

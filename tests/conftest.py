@@ -85,8 +85,10 @@ def _is_guarded_child(proc: psutil.Process) -> bool:
         if _is_template(proc):
             # The warm template outlives tests by design; its forks (which share
             # its command line) do not, so they still count.
+            # An idle pre-forked spare is the template's own, like the template.
             parent = proc.parent()
-            return parent is not None and _is_template(parent)
+            spare = proc.name() == "casaguard-spare"
+            return parent is not None and _is_template(parent) and not spare
         return True
     except psutil.Error:
         return False

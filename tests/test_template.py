@@ -61,7 +61,10 @@ def test_each_call_is_a_fresh_fork_200_times(template: int, no_leaks: None) -> N
     pids = {e["pid"] for e in started}
     assert len(started) == 200 and len(pids) == 200
     assert {e["mode"] for e in started} == {"template"}
-    assert not [e for e in events if e["event"].startswith("template_")]
+    # No restart, fallback or unresponsive fork (the one-off warm-up is no such event).
+    assert not [
+        e for e in events if e["event"].startswith("template_") and e["event"] != "template_warm"
+    ]
     assert _template.template_pid() == template
 
 
