@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import structlog
-
 import casaguard
+from casaguard import cli_output
 from casaguard.cli_options import add_task_options
 from casaguard.errors import CasaCrash, CasaguardError, InvalidInput
 
@@ -27,23 +25,9 @@ EXIT_INTERRUPTED = 130
 Handler = Callable[[argparse.Namespace], int]
 
 
-def configure_logging(verbosity: int, *, json_logs: bool = False) -> None:
-    """Send casaguard's structlog events to stderr (WARNING by default, -v for INFO)."""
-    level = logging.WARNING - 10 * verbosity
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json_logs
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(max(level, logging.DEBUG)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
+def configure_logging(verbosity: int, *, json_logs: bool = False, plain: bool = False) -> None:
+    """Send casaguard's events to stderr (WARNING by default, -v for INFO); see cli_output."""
+    cli_output.configure(verbosity, json_logs=json_logs, plain=plain)
 
 
 def _add_journal_option(parser: argparse.ArgumentParser) -> None:
@@ -231,7 +215,9 @@ def _feature_commands() -> list[Callable[[Any], None]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose, json_logs=args.log_json)
+    configure_logging(
+        args.verbose, json_logs=args.log_json, plain=bool(getattr(args, "json", False))
+    )
     try:
         code: int = args.handler(args)
         return code

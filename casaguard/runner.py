@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-import structlog
 
-from casaguard import _job, casaenv, classify, crashdir, locks, oom
+from casaguard import _job, casaenv, classify, crashdir, events, locks, oom
 from casaguard.errors import (
     EXCEPTION_FOR_KIND,
     LOCKED_MESSAGE,
@@ -51,7 +50,7 @@ from casaguard.errors import (
     RemoteTraceback,
 )
 
-log = structlog.get_logger("casaguard")
+log = events.get_logger()
 
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 KILL_GRACE_S = 2.0

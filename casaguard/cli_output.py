@@ -1,0 +1,136 @@
+"""Terminal output of the ``casaguard`` command: log records, progress bar and tables (rich).
+
+The library only emits events (``casaguard.events``); the command decides how
+they look. Everything for a human goes through two rich consoles: ``stderr``
+for log records and the live progress bar (a record is printed *above* the
+bar, never into it), ``stdout`` for tables. Output is plain -- no color, no
+cursor movement, no live bar -- when stdout or stderr is not a terminal, when
+``--json`` was given, and colorless under ``NO_COLOR`` (https://no-color.org).
+
+Registered by ``casaguard.cli``; this module never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import IO
+
+import structlog
+from rich.console import Console
+from rich.text import Text
+
+from casaguard import events
+
+#: Style of a log record's line, by level name.
+LEVEL_STYLES = {"WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
+
+
+class _State:
+    plain = False  # --json: no colors, no live bar
+    stderr: Console | None = None
+    stdout: Console | None = None
+
+
+def _colors_allowed() -> bool:
+    if _State.plain or "NO_COLOR" in os.environ:
+        return False
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def _console(*, stderr: bool) -> Console:
+    color = _colors_allowed()
+    return Console(
+        stderr=stderr,  # follows sys.stderr/sys.stdout when they are swapped (tests)
+        color_system="auto" if color else None,
+        no_color=not color,
+        highlight=False,
+        emoji=False,
+        markup=False,
+    )
+
+
+def stderr_console() -> Console:
+    """The console for log records and the progress bar."""
+    if _State.stderr is None:
+        _State.stderr = _console(stderr=True)
+    return _State.stderr
+
+
+def stdout_console(width: int | None = None) -> Console:
+    """The console for tables on stdout (a fixed ``width`` renders for a test or a pipe)."""
+    if width is not None:
+        return Console(
+            file=sys.stdout, width=width, color_system=None, highlight=False, markup=False
+        )
+    if _State.stdout is None:
+        _State.stdout = _console(stderr=False)
+    return _State.stdout
+
+
+def live_allowed(console: Console) -> bool:
+    """Whether a live display (progress bar) may draw on ``console``."""
+    return console.is_terminal and not _State.plain and sys.stdout.isatty()
+
+
+def console_for(stream: IO[str]) -> Console:
+    """A console writing to ``stream``; a terminal only if the stream is one."""
+    tty = stream.isatty()
+    return Console(
+        file=stream,
+        force_terminal=tty,
+        color_system="standard" if tty and _colors_allowed() else None,
+        highlight=False,
+        markup=False,
+    )
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Print each record as one line on a rich console, above any live progress bar."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        super().__init__()
+        self._console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            console = self._console or stderr_console()
+            console.print(Text(line, style=LEVEL_STYLES.get(record.levelname, "")), soft_wrap=True)
+        except Exception:  # noqa: BLE001 -- logging must never raise into a CASA call
+            self.handleError(record)
+
+
+def configure(verbosity: int, *, json_logs: bool = False, plain: bool = False) -> None:
+    """Show casaguard's events on stderr: WARNING by default, INFO with -v, DEBUG with -vv.
+
+    Args:
+        verbosity: the count of ``-v``.
+        json_logs: one JSON object per event instead of aligned text.
+        plain: no colors and no live progress bar (``--json``).
+    """
+    _State.plain = plain
+    _State.stderr = _State.stdout = None
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if json_logs
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    handler = ConsoleLogHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso"),
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ]
+        )
+    )
+    logger = logging.getLogger(events.LOGGER_NAME)
+    for old in [h for h in logger.handlers if isinstance(h, ConsoleLogHandler)]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(max(logging.WARNING - 10 * verbosity, logging.DEBUG))
+    logger.propagate = False
