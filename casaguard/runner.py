@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from casaguard import _job, casaenv, classify, crashdir, events, locks, oom
+from casaguard import _job, casaenv, casalog, classify, crashdir, events, locks, oom
 from casaguard.errors import (
     EXCEPTION_FOR_KIND,
     LOCKED_MESSAGE,
@@ -78,6 +78,9 @@ class CallSpec:
         strict: a normal return with SEVERE lines raises CasaSevereError.
         mode: ``"spawn"``, ``"template"`` or None (``$CASAGUARD_MODE``, then the fastest).
         journal: callbacks around the call (see ``casaguard.journal``).
+        casalog: append the call's CASA log to this file, success or failure
+            (None: ``$CASAGUARD_CASALOG``, else only a failure's log is kept; see
+            ``casaguard.casalog``).
         launcher: start the child with this launcher instead of ``mode``'s
             (e.g. ``SpawnLauncher(prefix=[...setpriv...])``, or a plain command's
             launcher from ``casaguard.command``).
@@ -96,6 +99,7 @@ class CallSpec:
     mode: str | None = None
     flavor: str = "casa"
     journal: Any = None
+    casalog: str | None = None
     launcher: Launcher | None = None
 
 
@@ -222,6 +226,7 @@ def run(spec: CallSpec) -> Any:
         InvalidInput: the child rejected the input (unknown task, bad parameter).
         KeyboardInterrupt: after the child's tree was killed and cleaned up.
     """
+    keep_log = casalog.target(spec.casalog) if spec.setup_casa_log else None
     if spec.vis:
         _wait_for_lock(spec)
     launcher = spec.launcher or choose_launcher(spec.mode, spec.flavor)
@@ -270,6 +275,11 @@ def run(spec: CallSpec) -> Any:
     finally:
         if snapshot is not None:
             spec.journal.discard(snapshot)
+        if keep_log is not None:
+            try:
+                casalog.append(keep_log, job.file(_job.CASA_LOG))
+            except OSError as error:
+                log.warning("casalog_not_kept", task=spec.name, casalog=keep_log, reason=str(error))
         job.close()
 
 
@@ -378,7 +388,9 @@ def _finish(
     log.warning(
         "crash_classified",
         **fields,
-        outcome="crash",
+        # "error": the task raised or logged SEVERE (a missing complist), the child lived on;
+        # "crash": the child died, was killed or timed out.
+        outcome="error" if isinstance(error, ChildError) else "crash",
         kind=error.kind,
         signal=error.signal,
         signature=error.signature,
