@@ -33,14 +33,15 @@ class _State:
     stdout: Console | None = None
 
 
-def _colors_allowed() -> bool:
+def colors_allowed() -> bool:
+    """Colors only when stdout and stderr are terminals, without NO_COLOR or --json."""
     if _State.plain or "NO_COLOR" in os.environ:
         return False
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
 def _console(*, stderr: bool) -> Console:
-    color = _colors_allowed()
+    color = colors_allowed()
     return Console(
         stderr=stderr,  # follows sys.stderr/sys.stdout when they are swapped (tests)
         color_system="auto" if color else None,
@@ -69,6 +70,11 @@ def stdout_console(width: int | None = None) -> Console:
     return _State.stdout
 
 
+def is_plain() -> bool:
+    """Whether ``--json`` asked for plain output (no colors, no live bar)."""
+    return _State.plain
+
+
 def live_allowed(console: Console) -> bool:
     """Whether a live display (progress bar) may draw on ``console``."""
     return console.is_terminal and not _State.plain and sys.stdout.isatty()
@@ -80,7 +86,7 @@ def console_for(stream: IO[str]) -> Console:
     return Console(
         file=stream,
         force_terminal=tty,
-        color_system="standard" if tty and _colors_allowed() else None,
+        color_system="standard" if tty and colors_allowed() else None,
         highlight=False,
         markup=False,
     )
