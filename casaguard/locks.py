@@ -139,4 +139,6 @@ def _cmdline(pid: int) -> str:
         parts = psutil.Process(pid).cmdline()
     except (psutil.Error, OSError):
         return "?"
-    return " ".join(parts) if parts else "?"
+    # A `python -c` holder's argument spans lines; the error naming it must stay one line.
+    text = " ".join(parts).replace("\r", "\\r").replace("\n", "\\n")
+    return text or "?"

@@ -4,12 +4,15 @@ without casatools in the caller."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import casa_script
+from structlog.testing import capture_logs
 
 import casaguard
 from casaguard import Source, casalog
@@ -149,3 +152,61 @@ def test_make_complist_never_overwrites(complist: Path) -> None:
     with pytest.raises(casaguard.InvalidInput, match="never overwrites"):
         casaguard.make_complist(complist, [Source("J2000 10h00m00 +40d00m00")])
     assert sorted(p.name for p in complist.iterdir()) == before
+
+
+def test_lock_holder_with_a_multiline_command_is_one_line(ms: Path, complist: Path) -> None:
+    """A holder started as `python -c` with a multi-line program: MsLocked's message stays
+    one line, the newlines shown as \\n."""
+    program = textwrap.dedent(
+        f"""
+        import time
+        from casacore.tables import table
+        t = table({str(ms)!r}, readonly=False, ack=False)
+        t.lock(write=True)
+        print("locked", flush=True)
+        time.sleep(120)
+        """
+    )
+    holder = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(casaguard.MsLocked) as caught:
+            casaguard.ft(vis=ms, complist=complist, usescratch=True, lock_timeout=1.0)
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(caught.value)
+    assert "\n" not in message and "\r" not in message
+    assert f"locked by pid {holder.pid}" in message
+    assert "\\nimport time\\nfrom casacore.tables import table\\n" in message
+    assert "\n" not in caught.value.holder_cmdline
+
+
+def test_missing_complist_is_logged_as_an_error_not_a_crash(
+    ms: Path, tmp_path: Path, no_leaks: None
+) -> None:
+    """ft with a missing complist is logged outcome="error" (the task raised, the child
+    lived); a segfault is still outcome="crash"."""
+    with capture_logs() as captured, pytest.raises(casaguard.CasaTaskError):
+        casaguard.ft(vis=ms, complist=tmp_path / "missing.cl")
+    classified = next(e for e in captured if e["event"] == "crash_classified")
+    assert (classified["outcome"], classified["kind"]) == ("error", "casa-error")
+    from casaguard import crashers
+
+    with capture_logs() as captured, pytest.raises(casaguard.Segfault):
+        casaguard.call(crashers.segfault, casa=False)
+    classified = next(e for e in captured if e["event"] == "crash_classified")
+    assert (classified["outcome"], classified["kind"]) == ("crash", "segfault")
+
+
+def test_missing_path_names_the_cwd_only_when_relative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing absolute vis is reported as is; a relative one says what it is relative to."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(casaguard.InvalidInput) as caught:
+        casaguard.clearcal(vis=tmp_path / "gone.ms")
+    assert str(caught.value) == f"{tmp_path / 'gone.ms'}: no such Measurement Set"
+    with pytest.raises(casaguard.InvalidInput) as caught:
+        casaguard.clearcal(vis="gone.ms")
+    assert str(caught.value) == f"gone.ms: no such Measurement Set (relative to {tmp_path})"
