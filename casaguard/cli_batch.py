@@ -76,7 +76,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class ProgressBar:
-    """A live progress bar (rich) on a terminal; silent when the output is plain.
+    """A live progress bar (rich) on a terminal; silent on a pipe or a file.
 
     Use it as the batch API's ``progress`` callback. A failed item gets its own
     line above the bar, so failures stay visible while the batch goes on; log
@@ -89,7 +89,7 @@ class ProgressBar:
             self.enabled = cli_output.live_allowed(self.console)
         else:
             self.console = cli_output.console_for(stream)
-            self.enabled = self.console.is_terminal and not cli_output.is_plain()
+            self.enabled = cli_output.live_allowed(self.console)
         self.total = total
         self.failed = 0
         self.started = time.monotonic()

@@ -3,9 +3,10 @@
 The library only emits events (``casaguard.events``); the command decides how
 they look. Everything for a human goes through two rich consoles: ``stderr``
 for log records and the live progress bar (a record is printed *above* the
-bar, never into it), ``stdout`` for tables. Output is plain -- no color, no
-cursor movement, no live bar -- when stdout or stderr is not a terminal, when
-``--json`` was given, and colorless under ``NO_COLOR`` (https://no-color.org).
+bar, never into it), ``stdout`` for tables. The live bar draws only when
+stderr is a terminal (a pipe or a log file gets no cursor movement at all);
+colors only when stdout and stderr are terminals, never with ``--json`` or
+under ``NO_COLOR`` (https://no-color.org).
 
 Registered by ``casaguard.cli``; this module never imports it.
 """
@@ -28,7 +29,7 @@ LEVEL_STYLES = {"WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"
 
 
 class _State:
-    plain = False  # --json: no colors, no live bar
+    plain = False  # --json: no colors
     stderr: Console | None = None
     stdout: Console | None = None
 
@@ -40,10 +41,19 @@ def colors_allowed() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
+def _own_width(stream: IO[str]) -> int | None:
+    """The width of ``stream``'s own terminal (rich would ask stdin's first), else None."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or None
+    except (OSError, ValueError):
+        return None
+
+
 def _console(*, stderr: bool) -> Console:
     color = colors_allowed()
     return Console(
         stderr=stderr,  # follows sys.stderr/sys.stdout when they are swapped (tests)
+        width=_own_width(sys.stderr if stderr else sys.stdout),
         color_system="auto" if color else None,
         no_color=not color,
         highlight=False,
@@ -71,13 +81,17 @@ def stdout_console(width: int | None = None) -> Console:
 
 
 def is_plain() -> bool:
-    """Whether ``--json`` asked for plain output (no colors, no live bar)."""
+    """Whether ``--json`` asked for plain output (no colors)."""
     return _State.plain
 
 
 def live_allowed(console: Console) -> bool:
-    """Whether a live display (progress bar) may draw on ``console``."""
-    return console.is_terminal and not _State.plain and sys.stdout.isatty()
+    """Whether a live display (progress bar) may draw on ``console``: only on a terminal.
+
+    ``--json`` keeps the bar on a terminal's stderr (stdout holds the document);
+    it only turns colors off.
+    """
+    return console.is_terminal
 
 
 def console_for(stream: IO[str]) -> Console:
@@ -85,6 +99,7 @@ def console_for(stream: IO[str]) -> Console:
     tty = stream.isatty()
     return Console(
         file=stream,
+        width=_own_width(stream),
         force_terminal=tty,
         color_system="standard" if tty and colors_allowed() else None,
         highlight=False,
@@ -114,7 +129,7 @@ def configure(verbosity: int, *, json_logs: bool = False, plain: bool = False) -
     Args:
         verbosity: the count of ``-v``.
         json_logs: one JSON object per event instead of aligned text.
-        plain: no colors and no live progress bar (``--json``).
+        plain: no colors (``--json``).
     """
     _State.plain = plain
     _State.stderr = _State.stdout = None

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from conftest import DROP_ROOT_POWERS
 
 from casaguard import cli, cli_batch, cli_output, events
@@ -70,7 +71,9 @@ class _Tty(io.StringIO):
 
 @pytest.fixture
 def handler_on() -> Iterator[logging.Logger]:
-    """Attach a ConsoleLogHandler (as the CLI does) to the casaguard logger for one test."""
+    """Attach a ConsoleLogHandler (as the CLI does) to the casaguard logger for one test,
+    with structlog unconfigured as in the CLI (capture_logs elsewhere configures it)."""
+    structlog.reset_defaults()
     logger = logging.getLogger(events.LOGGER_NAME)
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield logger
