@@ -80,11 +80,6 @@ def stdout_console(width: int | None = None) -> Console:
     return _State.stdout
 
 
-def is_plain() -> bool:
-    """Whether ``--json`` asked for plain output (no colors)."""
-    return _State.plain
-
-
 def live_allowed(console: Console) -> bool:
     """Whether a live display (progress bar) may draw on ``console``: only on a terminal.
 
