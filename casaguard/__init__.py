@@ -37,11 +37,13 @@ _EXPORTS: dict[str, str] = {
     "RepairReport": "casaguard.repair_ms",
     "Segfault": "casaguard.errors",
     "SetupError": "casaguard.errors",
+    "Source": "casaguard.complist",
     "TaskTimeout": "casaguard.errors",
     "UnexpectedExit": "casaguard.errors",
     "call": "casaguard.tasks",
     "clearcal": "casaguard.tasks",
     "ft": "casaguard.tasks",
+    "make_complist": "casaguard.complist",
     "make_point_complist": "casaguard.simulate",
     "map_call": "casaguard.batch",
     "map_probe": "casaguard.batch",
@@ -78,12 +80,14 @@ __all__ = [
     "RepairReport",
     "Segfault",
     "SetupError",
+    "Source",
     "TaskTimeout",
     "UnexpectedExit",
     "__version__",
     "call",
     "clearcal",
     "ft",
+    "make_complist",
     "make_point_complist",
     "map_call",
     "map_probe",
@@ -117,6 +121,7 @@ if TYPE_CHECKING:
     from casaguard._template import warmup
     from casaguard.batch import ItemOutcome, map_call, map_probe, map_repair, map_task
     from casaguard.command import CommandResult, run_command, wsclean
+    from casaguard.complist import Source, make_complist
     from casaguard.errors import (
         AbortCrash,
         CasaCrash,

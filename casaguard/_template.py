@@ -99,12 +99,11 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import psutil
-import structlog
 
-from casaguard import _job, casaenv, runner
+from casaguard import _job, casaenv, events, runner
 from casaguard.errors import SetupError
 
-log = structlog.get_logger("casaguard")
+log = events.get_logger()
 
 #: A fork must say "alive" within this many seconds, or it is killed and the call spawned.
 HANDSHAKE_S = 5.0

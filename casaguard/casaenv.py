@@ -244,9 +244,9 @@ def _config_dir(preferred: str) -> Path:
         reason = str(unsafe)
     # Imported here: a spawned child imports this module for one constant and
     # should not pay for structlog.
-    import structlog
+    from casaguard import events
 
-    log = structlog.get_logger("casaguard")
+    log = events.get_logger()
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         try:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import structlog
-
 import casaguard
+from casaguard import cli_output
 from casaguard.cli_options import add_task_options
 from casaguard.errors import CasaCrash, CasaguardError, InvalidInput
 
@@ -27,23 +25,9 @@ EXIT_INTERRUPTED = 130
 Handler = Callable[[argparse.Namespace], int]
 
 
-def configure_logging(verbosity: int, *, json_logs: bool = False) -> None:
-    """Send casaguard's structlog events to stderr (WARNING by default, -v for INFO)."""
-    level = logging.WARNING - 10 * verbosity
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json_logs
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(max(level, logging.DEBUG)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
+def configure_logging(verbosity: int, *, json_logs: bool = False, plain: bool = False) -> None:
+    """Send casaguard's events to stderr (WARNING by default, -v for INFO); see cli_output."""
+    cli_output.configure(verbosity, json_logs=json_logs, plain=plain)
 
 
 def _add_journal_option(parser: argparse.ArgumentParser) -> None:
@@ -176,13 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = commands.add_parser("ft", help="guarded casatasks.ft", description="Guarded casatasks.ft.")
     ft.add_argument("vis", help="the Measurement Set")
-    ft.add_argument("--field", default="")
-    ft.add_argument("--spw", default="")
+    ft.add_argument("--field", default="", help="field selection, e.g. 0 or 3C286 (default: all)")
+    ft.add_argument("--spw", default="", help="spectral window selection, e.g. 0:2~5 (default all)")
     ft.add_argument("--model", action="append", help="model image (repeat for Taylor terms)")
-    ft.add_argument("--nterms", type=int, default=1)
-    ft.add_argument("--reffreq", default="")
-    ft.add_argument("--complist", default="")
-    ft.add_argument("--incremental", action="store_true")
+    ft.add_argument(
+        "--nterms", type=int, default=1, help="Taylor terms of the model images (default 1)"
+    )
+    ft.add_argument(
+        "--reffreq", default="", help="reference frequency of the Taylor terms, e.g. 1.4GHz"
+    )
+    ft.add_argument("--complist", default="", help="component list to transform (a .cl table)")
+    ft.add_argument(
+        "--incremental", action="store_true", help="add to the existing model instead of replacing"
+    )
     ft.add_argument("--usescratch", action="store_true", help="write the MODEL_DATA column")
     add_task_options(ft, json_help="print the outcome as JSON")
     _add_journal_option(ft)
@@ -192,10 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         "clearcal", help="guarded casatasks.clearcal", description="Guarded casatasks.clearcal."
     )
     clearcal.add_argument("vis", help="the Measurement Set")
-    clearcal.add_argument("--field", default="")
-    clearcal.add_argument("--spw", default="")
-    clearcal.add_argument("--intent", default="")
-    clearcal.add_argument("--addmodel", action="store_true")
+    clearcal.add_argument("--field", default="", help="field selection (default: all)")
+    clearcal.add_argument("--spw", default="", help="spectral window selection (default: all)")
+    clearcal.add_argument("--intent", default="", help="scan intent selection (default: all)")
+    clearcal.add_argument(
+        "--addmodel", action="store_true", help="also reset MODEL_DATA (creating it if missing)"
+    )
     add_task_options(clearcal, json_help="print the outcome as JSON")
     _add_journal_option(clearcal)
     clearcal.set_defaults(handler=_cmd_clearcal)
@@ -237,7 +229,9 @@ def _feature_commands() -> list[Callable[[Any], None]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose, json_logs=args.log_json)
+    configure_logging(
+        args.verbose, json_logs=args.log_json, plain=bool(getattr(args, "json", False))
+    )
     try:
         code: int = args.handler(args)
         return code

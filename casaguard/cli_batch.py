@@ -2,7 +2,7 @@
 
 Also the parts any batch-shaped command shares (``casaguard probe`` takes the
 same ``--jobs`` / ``--scheduler``): ``add_engine_arguments`` and
-``engine_options``, the terminal ``ProgressBar``, the summary ``render_table``,
+``engine_options``, the live ``ProgressBar``, the summary ``render_table`` (both rich),
 the ``--json`` document ``batch_document``, and ``exit_code``.
 
 Registered by ``casaguard.cli``; this module never imports it (``cli`` is the top).
@@ -11,8 +11,8 @@ Registered by ``casaguard.cli``; this module never imports it (``cli`` is the to
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import shutil
 import sys
 import time
@@ -20,7 +20,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-from casaguard import batch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from casaguard import batch, cli_output
 from casaguard.batch_item import ItemOutcome
 from casaguard.cli_options import add_task_options
 from casaguard.errors import CasaCrash, ChildError, InvalidInput
@@ -71,66 +76,70 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal; silent when ``stream`` is not a TTY.
+    """A live progress bar (rich) on a terminal; silent on a pipe or a file.
 
     Use it as the batch API's ``progress`` callback. A failed item gets its own
-    line above the bar, so failures stay visible while the batch goes on.
+    line above the bar, so failures stay visible while the batch goes on; log
+    records printed meanwhile (``cli_output``'s handler) also land above it.
     """
 
-    WIDTH = 28
-
     def __init__(self, total: int, stream: IO[str] | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty()
+        if stream is None:
+            self.console = cli_output.stderr_console()
+            self.enabled = cli_output.live_allowed(self.console)
+        else:
+            self.console = cli_output.console_for(stream)
+            self.enabled = cli_output.live_allowed(self.console)
         self.total = total
         self.failed = 0
         self.started = time.monotonic()
+        self._progress = Progress(
+            BarColumn(bar_width=28),
+            MofNCompleteColumn(),
+            TextColumn("ok {task.fields[ok]}  failed {task.fields[failed]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.enabled,
+        )
+        self._task = self._progress.add_task("", total=total, ok=0, failed=0, rate="")
         if self.enabled:
-            self._draw(0)
+            self._progress.start()
 
     def __call__(self, outcome: ItemOutcome, done: int, total: int) -> None:
         if not outcome.ok:
             self.failed += 1
             if self.enabled:
                 line = f"FAILED {outcome.label}: {outcome.kind} {outcome_detail(outcome)}"
-                self.stream.write("\r\x1b[K" + _clip(line, self._columns()) + "\n")
-        if self.enabled:
-            self._draw(done)
-
-    def _draw(self, done: int) -> None:
+                self.console.print(Text(line, style="red"), no_wrap=True, overflow="ellipsis")
         elapsed = time.monotonic() - self.started
-        filled = round(self.WIDTH * done / self.total) if self.total else self.WIDTH
         rate = done / elapsed if elapsed > 0 else 0.0
-        line = (
-            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}"
-            f"  ok {done - self.failed}  failed {self.failed}  {rate:.2f} items/s"
+        self._progress.update(
+            self._task,
+            completed=done,
+            ok=done - self.failed,
+            failed=self.failed,
+            rate=f"{rate:.2f} items/s",
+            refresh=True,
         )
-        # The cursor goes back to column 0, so a log line written meanwhile
-        # overwrites the bar instead of trailing after it.
-        self.stream.write("\r\x1b[K" + _clip(line, self._columns()) + "\r")
-        self.stream.flush()
-
-    def _columns(self) -> int:
-        # The bar's own terminal, which need not be stdout's.
-        try:
-            return os.get_terminal_size(self.stream.fileno()).columns or 80
-        except (OSError, ValueError):
-            return 80
 
     def close(self) -> None:
-        """Clear the bar's line."""
+        """Remove the bar (the failure lines above it stay)."""
         if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+            self._progress.stop()
 
 
 def outcome_detail(outcome: ItemOutcome) -> str:
-    """One line on why an item failed: signal and glibc's words, or the exception."""
+    """One line on why an item failed: signal and glibc's words, CASA's own error, or the
+    exception."""
     error = outcome.error
     if outcome.ok or error is None:
         return ""
     if isinstance(error, ChildError):
-        text = f"{error.exc_type.rpartition('.')[2]}: {error.exc_message or error.detail}"
+        # casa_error is CASA's message without the log line's timestamp and priority.
+        message = error.casa_error or error.exc_message or error.detail
+        text = f"{error.exc_type.rpartition('.')[2]}: {message}"
     elif isinstance(error, CasaCrash):
         text = " ".join(part for part in (error.signal, error.detail) if part)
         if error.casa_error:
@@ -148,7 +157,7 @@ def render_table(
     detail: Callable[[ItemOutcome], str] = outcome_detail,
     width: int | None = None,
 ) -> str:
-    """The human summary: one row per input, then totals by outcome kind.
+    """The human summary (a rich table): one row per input, then totals by outcome kind.
 
     Args:
         outcomes: the batch's outcomes, in input order.
@@ -157,19 +166,35 @@ def render_table(
         width: clip rows to this many characters (default: the terminal's width
             when stdout is a terminal; else rows are never clipped, for logs).
     """
+    colors = width is None and cli_output.colors_allowed()
     if width is None:
-        width = _columns() if sys.stdout.isatty() else sys.maxsize
-    label_width = min(max([len("input"), *(len(o.label) for o in outcomes)]), 60)
-    kind_width = max([len("outcome"), *(len(o.kind) for o in outcomes)])
-    rows = [f"{'#':>4}  {'input':<{label_width}}  {'outcome':<{kind_width}}  {'time':>8}  detail"]
+        width = _columns() if sys.stdout.isatty() else _UNCLIPPED
+    table = Table(box=None, pad_edge=False, header_style="bold" if colors else "")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("input", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("detail", no_wrap=True, overflow="ellipsis")
     for o in outcomes:
-        row = (
-            f"{o.index + 1:>4}  {_clip(o.label, label_width, left=True):<{label_width}}  "
-            f"{o.kind:<{kind_width}}  {o.elapsed_s:>6.1f} s  {detail(o)}"
+        table.add_row(
+            str(o.index + 1),
+            _clip(o.label, _LABEL_WIDTH, left=True),
+            Text(o.kind, style=("green" if o.ok else "red") if colors else ""),
+            f"{o.elapsed_s:.1f} s",
+            detail(o),
         )
-        rows.append(_clip(row.rstrip(), width))
-    rows.append(summary_line(outcomes, elapsed_s))
-    return "\n".join(rows)
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=colors,
+        color_system="standard" if colors else None,
+        highlight=False,
+        markup=False,
+    )
+    console.print(table)
+    rows = [row.rstrip() for row in buffer.getvalue().splitlines()]
+    return "\n".join([*rows, summary_line(outcomes, elapsed_s)])
 
 
 def summary_line(outcomes: Sequence[ItemOutcome], elapsed_s: float) -> str:
@@ -210,6 +235,12 @@ def exit_code(outcomes: Sequence[ItemOutcome]) -> int:
     if any(not o.ok for o in outcomes):
         return EXIT_FAILED
     return EXIT_OK
+
+
+#: Rows are never clipped when stdout is not a terminal (a log, a pipe).
+_UNCLIPPED = 100_000
+#: An input's label is clipped on the left beyond this, keeping a path's informative end.
+_LABEL_WIDTH = 60
 
 
 def _columns() -> int:

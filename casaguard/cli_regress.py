@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from casaguard import command, corpus, versions
@@ -35,7 +34,10 @@ def register(commands: Any) -> None:
         ),
     )
     regress.add_argument(
-        "--json", metavar="OUT", help="write the matrix as JSON to OUT ('-': stdout)"
+        "--json",
+        action="store_true",
+        help="print the matrix as JSON on stdout (the per-reproducer rows go to stderr); "
+        "save it with: casaguard regress --json > matrix.json",
     )
     regress.add_argument(
         "--only",
@@ -78,7 +80,12 @@ def _cmd_regress(args: argparse.Namespace) -> int:
     if args.only:
         names = [n.strip() for group in args.only for n in group.split(",") if n.strip()]
     chosen = corpus.select(names)
-    print(f"{'reproducer':42s} {'kind':16s} {'signal':8s} {'signature':12s} {'time':>6s}  ok")
+    # One convention for every command: with --json, stdout holds only the JSON document.
+    rows = sys.stderr if args.json else sys.stdout
+    print(
+        f"{'reproducer':42s} {'kind':16s} {'signal':8s} {'signature':12s} {'time':>6s}  ok",
+        file=rows,
+    )
 
     def show(result: corpus.Result) -> None:
         outcome = result.outcome
@@ -88,16 +95,14 @@ def _cmd_regress(args: argparse.Namespace) -> int:
             f"{result.reproducer.name:42s} {outcome.kind:16s} {outcome.signal or '-':8s} "
             f"{outcome.signature or '-':12s} {outcome.elapsed_s:5.1f}s  "
             f"{verdict}",
+            file=rows,
             flush=True,
         )
 
     results = corpus.run(chosen, on_result=show)
     report = matrix(results)
-    text = json.dumps(report, indent=2, sort_keys=True)
-    if args.json == "-":
-        print(text)
-    elif args.json:
-        Path(args.json).write_text(text + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
     unmatched = [r.reproducer.name for r in results if not r.matched]
     print(
         f"{len(results) - len(unmatched)}/{len(results)} reproducers ended as expected"

@@ -20,16 +20,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from casaguard import runner
+from casaguard import events, runner
 from casaguard.batch_item import ItemOutcome, execute, traceback_text
 from casaguard.errors import InvalidInput, SetupError
 
 if TYPE_CHECKING:
     import distributed
 
-log = structlog.get_logger("casaguard")
+log = events.get_logger()
 
 #: Progress callback: ``progress(outcome, done, total)``, called in the caller's
 #: thread each time an item finishes (in completion order, not input order).

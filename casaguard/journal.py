@@ -143,8 +143,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from casaguard import events
 from casaguard._job import Ref
 from casaguard.errors import LOCKED_MESSAGE, InvalidInput, JournalError, MsLocked
 from casaguard.msinput import require_ms
@@ -152,7 +151,7 @@ from casaguard.msinput import require_ms
 if TYPE_CHECKING:
     from casaguard.runner import CallSpec
 
-log = structlog.get_logger("casaguard")
+log = events.get_logger()
 
 MANIFEST = "manifest.json"
 FILES = "files"

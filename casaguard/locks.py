@@ -319,5 +319,6 @@ def _cmdline(pid: int) -> str:
         parts = psutil.Process(pid).cmdline()
     except (psutil.Error, OSError):
         return "?"
-    # One line: a `python -c` holder's script may span many.
-    return " ".join(" ".join(parts).split()) if parts else "?"
+    # A `python -c` holder's argument spans lines; the error naming it must stay one line.
+    text = " ".join(parts).replace("\r", "\\r").replace("\n", "\\n")
+    return text or "?"

@@ -22,6 +22,7 @@ def require_ms(vis: Any) -> None:
         raise InvalidInput(f"vis must be the path of a Measurement Set, got {vis!r}")
     path = os.fspath(vis)
     if not os.path.exists(path):
-        raise InvalidInput(f"{path}: no such Measurement Set (relative to {os.getcwd()})")
+        where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
+        raise InvalidInput(f"{path}: no such Measurement Set{where}")
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "table.dat")):
         raise InvalidInput(f"{path}: not a Measurement Set (no table.dat)")

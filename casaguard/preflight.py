@@ -29,14 +29,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import structlog
-
-from casaguard import access, doctor, probe_host, probe_rules, tasks
+from casaguard import access, doctor, events, probe_host, probe_rules, tasks
 from casaguard._job import Ref
 from casaguard.errors import CasaCrash, ChildError, TaskTimeout
 from casaguard.findings import Finding, ProbeReport
 
-log = structlog.get_logger("casaguard")
+log = events.get_logger()
 
 DEFAULT_STATIC_TIMEOUT_S = 120.0
 _MARKER = re.compile(r"^casaguard-probe: (?P<step>.+)$", re.MULTILINE)

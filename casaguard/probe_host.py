@@ -165,8 +165,11 @@ def access_findings(path: str, creds: access.Credentials) -> list[Finding]:
                 "TABLE_DAT_NOT_WRITABLE",
                 f"table.dat is not writable: {table_dat.reason} (ft: 'Please make sure MS is "
                 "writable when using Imager::ft')",
-                f"chown -R {access.user_name(creds.uid)} the MS (WSClean run as another user, e.g. "
-                "root in Docker, leaves table.dat owned by that user)",
+                # Owned by the caller already: chown would change nothing, the mode is the cause.
+                "chmod u+w table.dat (it is yours but read-only)"
+                if table_dat.owner_uid == creds.uid
+                else f"chown -R {access.user_name(creds.uid)} the MS (WSClean run as another user, "
+                "e.g. root in Docker, leaves table.dat owned by that user)",
                 path=table_dat.path,
                 data={"mode": f"{table_dat.mode:04o}", "owner_uid": table_dat.owner_uid},
             )
@@ -181,7 +184,9 @@ def access_findings(path: str, creds: access.Credentials) -> list[Finding]:
                 "TABLE_FILE_NOT_WRITABLE",
                 f"{len(unwritable)} file(s) of the main table not writable ({names}): "
                 f"{unwritable[0].reason}",
-                f"chown -R {access.user_name(creds.uid)} the MS, or chmod u+w its files",
+                "chmod u+w the MS's files (they are yours but read-only)"
+                if all(a.owner_uid == creds.uid for a in unwritable)
+                else f"chown -R {access.user_name(creds.uid)} the MS, or chmod u+w its files",
                 path=unwritable[0].path,
                 data={"files": [a.path for a in unwritable]},
             )

@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from casaguard import access, repair_journal
+from casaguard import access, events, repair_journal
 from casaguard.errors import InvalidInput, MsLocked
 from casaguard.findings import CODES, SCHEMA_VERSION, Finding, ProbeReport, Verdict
 from casaguard.preflight import probe
@@ -46,7 +44,7 @@ from casaguard.repair_fixes import (
     unwritable_files,
 )
 
-log = structlog.get_logger("casaguard")
+log = events.get_logger()
 
 EXIT_OK = 0
 EXIT_UNSAFE = 1

@@ -43,9 +43,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-import structlog
 
-from casaguard import _job, casaenv, classify, crashdir, locks, oom
+from casaguard import _job, casaenv, casalog, classify, crashdir, events, locks, oom
 from casaguard.errors import (
     EXCEPTION_FOR_KIND,
     LOCK_WAIT_KILLED,
@@ -61,7 +60,7 @@ from casaguard.errors import (
     child_error_class,
 )
 
-log = structlog.get_logger("casaguard")
+log = events.get_logger()
 
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 KILL_GRACE_S = 2.0
@@ -94,6 +93,9 @@ class CallSpec:
         strict: a normal return with SEVERE lines raises CasaSevereError.
         mode: ``"spawn"``, ``"template"`` or None (``$CASAGUARD_MODE``, then the fastest).
         journal: callbacks around the call (see ``casaguard.journal``).
+        casalog: append the call's CASA log to this file, success or failure
+            (None: ``$CASAGUARD_CASALOG``, else only a failure's log is kept; see
+            ``casaguard.casalog``).
         launcher: start the child with this launcher instead of ``mode``'s
             (e.g. ``SpawnLauncher(prefix=[...setpriv...])``, or a plain command's
             launcher from ``casaguard.command``).
@@ -114,6 +116,7 @@ class CallSpec:
     mode: str | None = None
     flavor: str = "casa"
     journal: Any = None
+    casalog: str | None = None
     launcher: Launcher | None = None
 
 
@@ -285,6 +288,7 @@ def run(spec: CallSpec) -> Any:
 
 
 def _run(spec: CallSpec) -> Any:
+    keep_log = casalog.target(spec.casalog) if spec.setup_casa_log else None
     if spec.vis:
         _wait_for_lock(spec)
     launcher = spec.launcher or choose_launcher(spec.mode, spec.flavor)
@@ -336,6 +340,11 @@ def _run(spec: CallSpec) -> Any:
     finally:
         if snapshot is not None:
             spec.journal.discard(snapshot)
+        if keep_log is not None:
+            try:
+                casalog.append(keep_log, job.file(_job.CASA_LOG))
+            except OSError as error:
+                log.warning("casalog_not_kept", task=spec.name, casalog=keep_log, reason=str(error))
         job.close()
 
 
@@ -467,7 +476,9 @@ def _finish(
     log.warning(
         "crash_classified",
         **fields,
-        outcome="crash",
+        # "error": the task raised or logged SEVERE (a missing complist), the child lived on;
+        # "crash": the child died, was killed or timed out.
+        outcome="error" if isinstance(error, ChildError) else "crash",
         kind=error.kind,
         signal=error.signal,
         signature=error.signature,

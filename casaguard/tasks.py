@@ -11,6 +11,9 @@ real task objects), followed by casaguard's own keyword-only options:
   CASA's leap-second noise) raises ``CasaSevereError`` (default True), because
   ``ft`` reports some failures -- e.g. a MODEL_DATA shape mismatch -- only so.
 * ``mode``: ``"spawn"`` or ``"template"``; default ``$CASAGUARD_MODE`` or the fastest.
+* ``casalog``: append the call's CASA log to this file, success or failure
+  (default: ``$CASAGUARD_CASALOG``; unset, only a failed call's log is kept, in
+  its crash-evidence folder -- see ``casaguard.casalog``).
 * ``journal``: check the MS first (exists, is an MS, is writable, room for the
   journal), snapshot what the task writes, and restore it if the child
   crashes, times out or is killed (default True; see ``casaguard.journal``).
@@ -47,8 +50,8 @@ READ_ONLY_TASKS = frozenset({"listobs", "listhistory", "listpartition", "listvis
 
 
 def _vis_path(vis: Any) -> str | None:
-    if isinstance(vis, str) and vis:
-        return os.path.abspath(vis)
+    if isinstance(vis, (str, os.PathLike)) and os.fspath(vis):
+        return os.path.abspath(os.fspath(vis))
     return None
 
 
@@ -70,6 +73,15 @@ def check_task(name: Any, params: Any, *, timeout: Any = None, lock_timeout: Any
     task_params.check_parameters(name, params)
 
 
+def _casa_value(value: Any) -> Any:
+    """CASA takes paths only as ``str``: an ``os.PathLike`` (alone or in a list) becomes one."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, os.PathLike) for v in value):
+        return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+    return value
+
+
 def run_task(
     name: str,
     /,
@@ -81,14 +93,15 @@ def run_task(
     writes: Sequence[str] | None = None,
     journal: bool = True,
     discard_orphan_journal: bool = False,
+    casalog: str | os.PathLike[str] | None = None,
     **params: Any,
 ) -> Any:
     """Run ``casatasks.<name>(**params)`` in a sandbox child and return its result.
 
     Args:
         name: the casatask's name, e.g. ``"flagdata"``.
-        timeout, lock_timeout, strict, mode, journal, discard_orphan_journal: see the
-            module docstring.
+        timeout, lock_timeout, strict, mode, journal, discard_orphan_journal,
+            casalog: see the module docstring.
         writes: main-table columns and/or subtables of ``vis`` the task may
             change (e.g. ``["FLAG", "FLAG_ROW"]``): ``vis`` is checked first and
             they are journaled. Default: what ``journal.task_writes`` knows of
@@ -113,6 +126,7 @@ def run_task(
     if isinstance(writes, str):
         writes = [writes]
     declared = tuple(writes) if writes is not None else _journal.task_writes(name, params)
+    params = {key: _casa_value(value) for key, value in params.items()}
     vis = _vis_path(params.get("vis"))
     if declared is not None:
         # A writer's vis must be an MS, journal or not: a missing path is one
@@ -130,6 +144,7 @@ def run_task(
         lock_timeout=lock_timeout,
         strict=strict,
         mode=mode,
+        casalog=None if casalog is None else os.fspath(casalog),
     )
     if declared is not None and journal:
         # journal=False is the escape hatch: no snapshot and no pre-flight, CASA
@@ -142,13 +157,13 @@ def run_task(
 
 
 def ft(
-    vis: str = "",
+    vis: str | os.PathLike[str] = "",
     field: str = "",
     spw: str = "",
-    model: str | list[str] = "",
+    model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = "",
     nterms: int = 1,
     reffreq: str = "",
-    complist: str = "",
+    complist: str | os.PathLike[str] = "",
     incremental: bool = False,
     usescratch: bool = False,
     *,
@@ -158,6 +173,7 @@ def ft(
     mode: str | None = None,
     journal: bool = True,
     discard_orphan_journal: bool = False,
+    casalog: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Guarded ``casatasks.ft``: insert a source model into MODEL_DATA (or the virtual model).
 
@@ -189,11 +205,12 @@ def ft(
         mode=mode,
         journal=journal,
         discard_orphan_journal=discard_orphan_journal,
+        casalog=casalog,
     )
 
 
 def clearcal(
-    vis: str = "",
+    vis: str | os.PathLike[str] = "",
     field: str = "",
     spw: str = "",
     intent: str = "",
@@ -205,6 +222,7 @@ def clearcal(
     mode: str | None = None,
     journal: bool = True,
     discard_orphan_journal: bool = False,
+    casalog: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Guarded ``casatasks.clearcal``: reset CORRECTED_DATA (and MODEL_DATA with addmodel).
 
@@ -228,6 +246,7 @@ def clearcal(
         mode=mode,
         journal=journal,
         discard_orphan_journal=discard_orphan_journal,
+        casalog=casalog,
     )
 
 
@@ -246,6 +265,7 @@ def call(
     casa: bool = True,
     mode: str | None = None,
     flavor: str = "casa",
+    casalog: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Run ``func(*args, **kwargs)`` in a sandbox child and return its result.
@@ -258,6 +278,7 @@ def call(
         timeout: seconds before the child's tree is killed.
         casa: capture a CASA log for the call (imports casatools in the child).
         mode: ``"spawn"`` or ``"template"``.
+        casalog: append the call's CASA log to this file (see ``casaguard.casalog``).
         flavor: which warm template forks the child: ``"casa"`` (casatools loaded;
             python-casacore refused) or ``"casacore"`` (python-casacore loaded;
             casatools refused). Use ``"casacore"`` with ``casa=False`` for
@@ -279,5 +300,6 @@ def call(
             timeout=timeout,
             mode=mode,
             flavor=flavor,
+            casalog=None if casalog is None else os.fspath(casalog),
         )
     )

@@ -3,7 +3,12 @@
 Installed with casaguard, so a project only needs ``pip install casaguard``:
 
 * marker ``@pytest.mark.casaguard(expect="double-free", timeout=60, casa=True)``
-  runs the test function in a sandbox child. With ``expect`` the test passes
+  runs the test function in a sandbox child. It also takes what
+  ``casaguard.call`` takes to start that child: ``mode="spawn"`` (a fresh
+  interpreter: for a test that imports python-casacore *and* casatasks, which a
+  fork of the CASA template refuses) or ``mode="template"``, ``flavor="casacore"``
+  (a fork of the python-casacore template; use with ``casa=False``), and
+  ``casalog=PATH`` (append the child's CASA log to that file). With ``expect`` the test passes
   only if the child dies of that crash kind (or one of a list of kinds); if it
   returns normally the test fails loudly -- the crash was fixed upstream and
   the workaround can go. Without ``expect`` the marker only isolates the
@@ -25,10 +30,13 @@ picklable** (dill), so pass paths and plain data, not open tables or tools.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
+import os
 import types
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -58,8 +66,10 @@ KNOWN_KINDS = frozenset(EXCEPTION_FOR_KIND)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "casaguard(expect=KIND, timeout=SECONDS, casa=True): run the test in a casaguard sandbox "
-        "child; with expect, pass only if it dies of crash kind KIND (or one of a list of kinds)",
+        "casaguard(expect=KIND, timeout=SECONDS, casa=True, mode=None, flavor='casa', "
+        "casalog=None): run the test in a casaguard sandbox child; with expect, pass only if "
+        "it dies of crash kind KIND (or one of a list of kinds); mode='spawn' for a fresh "
+        "interpreter",
     )
 
 
@@ -69,7 +79,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     marker = pyfuncitem.get_closest_marker(MARKER)
     if marker is None:
         return None
-    expect, timeout, casa = _options(marker)
+    options = _options(marker)
     function = pyfuncitem.obj
     if inspect.iscoroutinefunction(function):
         pytest.fail("@pytest.mark.casaguard cannot run async tests", pytrace=False)
@@ -82,21 +92,42 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
             func=by_value(function),
             kwargs=kwargs,
             name=pyfuncitem.name,
-            setup_casa_log=casa,
-            timeout=timeout,
+            setup_casa_log=options.casa,
+            timeout=options.timeout,
+            mode=options.mode,
+            flavor=options.flavor,
+            casalog=options.casalog,
         ),
     )
-    _judge(pyfuncitem, expect, outcome)
+    _judge(pyfuncitem, options.expect, outcome)
     return True
 
 
-def _options(marker: pytest.Mark) -> tuple[tuple[str, ...], float | None, bool]:
-    unknown = set(marker.kwargs) - {"expect", "timeout", "casa"}
+@dataclass(frozen=True)
+class MarkerOptions:
+    """The keywords of ``@pytest.mark.casaguard(...)``, checked."""
+
+    expect: tuple[str, ...] = ()
+    timeout: float | None = None
+    casa: bool = True
+    mode: str | None = None
+    flavor: str = "casa"
+    casalog: str | None = None
+
+
+#: ``mode=`` and ``flavor=`` values the marker accepts (those of ``casaguard.call``).
+MODES = ("spawn", "template")
+FLAVORS = ("casa", "casacore")
+USAGE = (
+    "use @pytest.mark.casaguard(expect=KIND, timeout=SECONDS, casa=True, mode='spawn'|'template', "
+    "flavor='casa'|'casacore', casalog=PATH), keywords only"
+)
+
+
+def _options(marker: pytest.Mark) -> MarkerOptions:
+    unknown = set(marker.kwargs) - {f.name for f in dataclasses.fields(MarkerOptions)}
     if marker.args or unknown:
-        pytest.fail(
-            "use @pytest.mark.casaguard(expect=KIND, timeout=SECONDS, casa=True), keywords only",
-            pytrace=False,
-        )
+        pytest.fail(USAGE, pytrace=False)
     raw = marker.kwargs.get("expect")
     kinds: tuple[str, ...]
     if raw is None:
@@ -114,8 +145,22 @@ def _options(marker: pytest.Mark) -> tuple[tuple[str, ...], float | None, bool]:
         pytest.fail(
             f"casaguard expect={bad}: unknown kind; known: {sorted(KNOWN_KINDS)}", pytrace=False
         )
+    mode = marker.kwargs.get("mode")
+    if mode is not None and mode not in MODES:
+        pytest.fail(f"casaguard mode={mode!r}: use one of {MODES}", pytrace=False)
+    flavor = marker.kwargs.get("flavor", "casa")
+    if flavor not in FLAVORS:
+        pytest.fail(f"casaguard flavor={flavor!r}: use one of {FLAVORS}", pytrace=False)
     timeout = marker.kwargs.get("timeout")
-    return kinds, None if timeout is None else float(timeout), bool(marker.kwargs.get("casa", True))
+    casalog = marker.kwargs.get("casalog")
+    return MarkerOptions(
+        expect=kinds,
+        timeout=None if timeout is None else float(timeout),
+        casa=bool(marker.kwargs.get("casa", True)),
+        mode=mode,
+        flavor=flavor,
+        casalog=None if casalog is None else os.fspath(casalog),
+    )
 
 
 class _ImportInChild:

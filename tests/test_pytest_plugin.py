@@ -78,6 +78,25 @@ def test_child_never_imports_this_module():
     assert "test_crashes" not in sys.modules
 
 
+@pytest.mark.casaguard(timeout=120)
+def test_casacore_with_casatasks_in_a_template_fork():
+    import casacore.tables  # noqa: F401
+    import casatasks  # noqa: F401
+
+
+@pytest.mark.casaguard(mode="spawn", timeout=120)
+def test_casacore_with_casatasks_spawned():
+    import casacore.tables  # noqa: F401
+    import casatasks  # noqa: F401
+    import os
+    assert os.getppid() != 1
+
+
+@pytest.mark.casaguard(mode="fork-please", casa=False)
+def test_unknown_mode():
+    pass
+
+
 def test_sandbox_fixture(casaguard_sandbox):
     crashed = casaguard_sandbox(crashers.invalid_pointer, casa=False)
     assert not crashed.ok and crashed.kind == "invalid-pointer" and crashed.signal == "SIGABRT"
@@ -96,6 +115,9 @@ EXPECTED = {
     "test_wrong_kind": "failed",
     "test_fixture_not_picklable": "failed",
     "test_child_never_imports_this_module": "passed",
+    "test_casacore_with_casatasks_in_a_template_fork": "failed",
+    "test_casacore_with_casatasks_spawned": "passed",
+    "test_unknown_mode": "failed",
     "test_sandbox_fixture": "passed",
 }
 
@@ -182,7 +204,7 @@ def test_each_user_test_ends_as_designed(user_run: tuple[dict[str, str], str]) -
     """Expected crashes pass, a vanished crash and unexpected crashes fail, fine tests pass."""
     outcomes, report = user_run
     assert outcomes == EXPECTED, report
-    assert "5 failed, 5 passed" in report
+    assert "7 failed, 6 passed" in report
 
 
 def test_vanished_crash_fails_loudly(user_run: tuple[dict[str, str], str]) -> None:
@@ -211,6 +233,16 @@ def test_wrong_kind_and_child_assertion_are_explained(user_run: tuple[dict[str, 
     assert "expected segfault but the sandbox child ended in abort" in report
     assert "the test raised in its sandbox child" in report
     assert "assert 1 + 1 == 3" in report
+
+
+def test_marker_mode_spawn_runs_what_a_fork_refuses(user_run: tuple[dict[str, str], str]) -> None:
+    """mode='spawn' on the marker runs a test importing python-casacore with casatasks (a CASA
+    template fork refuses it, advising mode='spawn'); an unknown mode fails naming the choices."""
+    outcomes, report = user_run
+    assert outcomes["test_casacore_with_casatasks_spawned"] == "passed", report
+    assert outcomes["test_casacore_with_casatasks_in_a_template_fork"] == "failed"
+    assert "run this call with mode='spawn'" in report
+    assert f"casaguard mode='fork-please': use one of {testing.MODES}" in report
 
 
 def test_unpicklable_fixture_is_named(user_run: tuple[dict[str, str], str]) -> None:

@@ -27,10 +27,9 @@ def casaguard_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str
 
 
 def regress(tmp_path: Path, out: str) -> dict[str, Any]:
-    result = casaguard_cli(
-        "regress", "--only", CHEAP, "--json", str(tmp_path / out), tmp_path=tmp_path
-    )
+    result = casaguard_cli("regress", "--only", CHEAP, "--json", tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    (tmp_path / out).write_text(result.stdout)  # stdout is the JSON document alone
     matrix: dict[str, Any] = json.loads((tmp_path / out).read_text())
     return matrix
 
