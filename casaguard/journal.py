@@ -81,10 +81,11 @@ Where journals live, and when one is trusted (a journal is an instruction to
 overwrite and delete files in an MS, so a planted one is an attack):
 
 * beside the MS (``<parent>/.<ms>.casaguard-journal-<pid>-<token>``) when the
-  parent is writable by the caller and not world-writable; otherwise in a
-  per-user 0700 directory (``$XDG_RUNTIME_DIR/casaguard/journals`` or
-  ``~/.cache/casaguard/journals``, owner and mode checked), named after the MS
-  and a hash of its absolute path. Never in a world-writable directory.
+  parent is writable by the caller and not world-writable, or world-writable
+  but sticky (``/tmp``); otherwise in a per-user 0700 directory
+  (``$XDG_RUNTIME_DIR/casaguard/journals`` or ``~/.cache/casaguard/journals``,
+  owner and mode checked), named after the MS and a hash of its absolute path.
+  Never in a world-writable directory without the sticky bit.
 * journals are found from the MS (those two places, by name), never by
   scanning ``/tmp``. One is trusted only if it and its manifest are owned by
   the caller, are not symlinks, have no group/other write, and the manifest
@@ -564,12 +565,20 @@ def _is_private_dir(path: Path, *, closed: int) -> bool:
 
 
 def _beside_ok(parent: Path) -> bool:
-    """May a journal live in the MS's parent? Writable by us, not by the world."""
+    """May a journal live in the MS's parent? Writable by us; by the world only if sticky.
+
+    In a sticky directory (``/tmp``) nobody else can rename or delete our 0700
+    journal, its name has 32 random bits so it cannot be planted ahead, and a
+    planted look-alike fails ``trust_problem``'s owner check. Refusing such a
+    parent would hand the journal to ``~/.cache``, which another user can own
+    when ``HOME=/tmp`` -- a denial of every guarded write (found in review).
+    """
     try:
         st = os.stat(parent)
     except OSError:
         return False
-    return os.access(parent, os.W_OK | os.X_OK) and not st.st_mode & stat.S_IWOTH
+    shared_unsafely = st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX
+    return os.access(parent, os.W_OK | os.X_OK) and not shared_unsafely
 
 
 def _private_prefix(ms: Path) -> str:

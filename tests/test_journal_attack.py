@@ -138,9 +138,9 @@ def test_journal_planted_in_tmp_is_never_used(node: Node, ms: Path, complist: Pa
 def test_journal_planted_beside_a_shared_ms_is_not_trusted(
     node: Node, ms: Path, complist: Path
 ) -> None:
-    """An MS in a world-writable directory: the victim's journal goes to its private 0700 dir,
-    and a journal the attacker plants beside the MS is ignored by ft (journal_untrusted) and
-    refused by restore-journal (exit 1, one line naming the owner)."""
+    """An MS in a sticky world-writable directory: a journal the attacker plants beside the MS
+    is ignored by ft (journal_untrusted) and refused by restore-journal (exit 1, one line
+    naming the owner); the victim's own journal lives beside the MS, not in ~/.cache."""
     vis = node.shared / "obs.ms"
     shutil.copytree(ms, vis)
     target = os.path.relpath(node.bashrc, vis)
@@ -149,8 +149,7 @@ def test_journal_planted_beside_a_shared_ms_is_not_trusted(
     ft = _cli(["ft", str(vis), "--complist", str(complist), "--usescratch"], node.home, node.shared)
     assert ft.returncode == 0, ft.stderr
     assert "journal_untrusted" in ft.stderr
-    private = node.home / ".cache" / "casaguard" / "journals"
-    assert private.is_dir() and private.stat().st_mode & 0o777 == 0o700
+    assert not (node.home / ".cache" / "casaguard" / "journals").exists()
     refused = _cli(["restore-journal", str(node.shared / ("." + PLANTED))], node.home, node.shared)
     assert refused.returncode == 1, refused.stderr
     assert "owned by uid 65534" in _one_error_line(refused)
@@ -273,4 +272,30 @@ def test_a_reader_cannot_block_guarded_writes(node: Node, ms: Path, complist: Pa
         assert ft.returncode == 0, ft.stderr
     finally:
         reader.communicate("", timeout=30)
+    assert_casa_can_use(vis, complist)
+
+
+MAKE_OPEN_DIR = """
+import os, sys
+os.mkdir(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+"""
+
+
+def test_attacker_cache_dir_cannot_deny_guarded_writes(
+    node: Node, ms: Path, complist: Path
+) -> None:
+    """With HOME in a shared sticky dir, an attacker's pre-made ~/.cache neither stops the
+    victim's guarded ft on an MS there nor receives casaguard's files (journal or config)."""
+    vis = node.shared / "obs.ms"
+    shutil.copytree(ms, vis)
+    planted = _as_attacker(MAKE_OPEN_DIR, str(node.shared / ".cache"))
+    assert planted.returncode == 0, planted.stderr
+    ft = _cli(
+        ["ft", str(vis), "--complist", str(complist), "--usescratch"], node.shared, node.shared
+    )
+    assert ft.returncode == 0, ft.stderr
+    # (CASA's matplotlib may cache fonts there, as plain CASA does: not casaguard's doing.)
+    assert not (node.shared / ".cache" / "casaguard").exists(), "the attacker's directory was used"
+    assert not list(node.shared.glob(".obs.ms.casaguard-journal-*")), "journal left behind"
     assert_casa_can_use(vis, complist)
