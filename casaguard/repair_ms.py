@@ -340,8 +340,12 @@ def _journal_fixes(ms: str, discard: bool) -> tuple[list[Fix], list[Unfixed]]:
 
 
 def _message(fix: Fix, report: ProbeReport) -> str:
-    if fix.code == "JOURNAL_PENDING":
-        return "an orphan casaguard journal: a guarded write died with its caller mid-write"
+    if isinstance(fix, FinishJournal | DiscardJournal):
+        # The probe's JOURNAL_PENDING finding for this very journal, when it saw it.
+        for finding in report.findings:
+            if finding.code == fix.code and finding.data.get("journal") == str(fix.journal):
+                return finding.message
+        return "a pending casaguard journal: a guarded write died mid-write"
     return next((f.message for f in report.findings if f.code == fix.code), fix.code)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DROP_ROOT_POWERS, casacore_script
+from conftest import DROP_ROOT_POWERS, casa_script, casacore_script
 from next_reader import assert_casa_can_use
 from probe_variants import WSCLEAN, Variants, remove_scratch_columns
 
@@ -563,6 +563,9 @@ def test_orphan_journal_is_finished_and_the_ms_is_as_before_the_dead_call(
     assert _bytes(ms) != before, "the SIGKILL must land after ft began to write"
     dry = casaguard.repair(ms)
     assert dry.exit_code == 1 and [f.fix for f in dry.fixes] == ["finish-journal"]
+    assert dry.before is not None
+    (pending,) = [f for f in dry.before.findings if f.code == "JOURNAL_PENDING"]
+    assert dry.fixes[0].code == "JOURNAL_PENDING" and dry.fixes[0].finding == pending.message
     assert _tree(ms) == half and orphan.is_dir()
     report = casaguard.repair(ms, apply=True)
     assert report.exit_code == 0, report.to_dict()
@@ -572,6 +575,32 @@ def test_orphan_journal_is_finished_and_the_ms_is_as_before_the_dead_call(
     backup = Path(report.backups[0])
     assert not (backup / repair_journal.ORPHAN_COPIES).exists()
     assert_casa_can_use(ms, complist)
+
+
+def test_an_orphan_the_ms_was_written_after_gets_no_fix(
+    big_ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """When plain casatasks.ft wrote the MS after the caller died, finishing the orphan would
+    undo that newer work: --apply changes nothing and names JOURNAL_PENDING as unfixed (why,
+    and what to choose); --discard-journal plans the discard, proven newer."""
+    ms = big_ms
+    orphan = _orphan_journal(ms, complist, tmp_path)
+    time.sleep(journal.LATER_WRITE_MARGIN_S + 0.5)
+    done = casa_script(
+        f"import casatasks\n"
+        f"casatasks.ft(vis={str(ms)!r}, complist={str(complist)!r}, usescratch=True)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    newer = _tree(ms)
+    report = casaguard.repair(ms, apply=True)
+    assert report.exit_code == 1 and report.fixes == [] and report.backups == [], report.to_dict()
+    (item,) = [u for u in report.unfixed if u.code == "JOURNAL_PENDING"]
+    assert "newer work" in item.why and "--discard-journal" in item.human
+    assert _tree(ms) == newer and orphan.is_dir()
+    dry = casaguard.repair(ms, discard_journal=True)
+    assert [(f.fix, f.changes[0]["before"]["proven_newer"]) for f in dry.fixes] == [
+        ("discard-journal", True)
+    ]
 
 
 def test_discard_journal_keeps_the_ms_and_the_journal_stays_restorable(
@@ -645,7 +674,9 @@ cp -r "$SRC" "$MNT/obs.ms"
 # MODEL_DATA that CASA would have to create once the misfit one is gone.
 avail=$(df --output=avail -B1 "$MNT" | tail -1)
 fallocate -l $((avail - 250 * 1024)) "$MNT/filler"
-sha() { (cd "$MNT/obs.ms" && find . -type f ! -name .casaguard-writer.lock -exec sha1sum {} + | sort); }
+# casaguard's writer-lock file (empty, made by --apply) is not the MS's data.
+sha() { (cd "$MNT/obs.ms" && find . -type f ! -name .casaguard-writer.lock -exec sha1sum {} + \
+         | sort); }
 sha > "$OUT/before"
 set +e
 "$PY" -m casaguard.cli repair --apply --no-verify --json "$MNT/obs.ms" > "$OUT/report"
