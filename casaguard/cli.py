@@ -1,6 +1,7 @@
 """The ``casaguard`` command line. The only module that configures logging.
 
-Exit codes: 0 success, 1 a guarded task failed (or an MS is unsafe), 2 bad
+Exit codes: 0 success, 1 a guarded task failed (or an MS is unsafe: a task
+refused because of a pending journal, as ``probe`` calls it unsafe), 2 bad
 input or a failure of casaguard itself, 130 interrupted.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import casaguard
 from casaguard import cli_output
 from casaguard.cli_options import add_task_options
-from casaguard.errors import CasaCrash, CasaguardError, InvalidInput
+from casaguard.errors import CasaCrash, CasaguardError, InvalidInput, JournalError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -47,6 +48,13 @@ def _task_outcome(args: argparse.Namespace, run: Callable[[], Any]) -> int:
             print(json.dumps({"ok": False, **error.facts()}, default=str))
         else:
             print(f"casaguard: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except JournalError as error:
+        # A pending journal (or a restore that failed): the MS is unsafe, as probe says.
+        if args.json:
+            print(json.dumps({"ok": False, "error": "JournalError", "message": str(error)}))
+        else:
+            print(f"casaguard: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps({"ok": True, "result": result}, default=str))

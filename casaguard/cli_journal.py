@@ -2,8 +2,11 @@
 
 A journal outlives its call only when the calling process itself was killed
 mid-write or a restore failed; the next guarded write to the MS then refuses
-with the command to run. Exit codes: 0 restored, 1 refused or failed (one
-line says why; the journal is kept), 2 bad input (not an MS, no journal).
+with the command to run. ``restore-journal JOURNAL`` picks one of several
+pending journals; ``restore-journal BACKUP`` (a ``casaguard repair`` backup,
+``.<ms>-repair.casaguard-journal-...``) undoes that repair. Exit codes: 0
+restored, 1 refused or failed (one line says why; the journal is kept), 2 bad
+input (not an MS, no journal).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from casaguard import journal
+from casaguard import journal, repair_journal
 from casaguard.errors import InvalidInput, JournalError
 
 EXIT_OK = 0
@@ -32,10 +35,14 @@ def register(commands: Any) -> None:
             "included), delete what it created, then remove the journal. Give the MS; its "
             "journal is found beside it or in the per-user journal directory. Refuses when "
             "the writer still lives, the MS is locked, or the MS was written after the call "
-            "died (--force restores anyway)."
+            "died (--force restores anyway). Give a journal instead to choose one of several, "
+            "or a `casaguard repair` backup (.<ms>-repair.casaguard-journal-...) to undo that "
+            "repair."
         ),
     )
-    parser.add_argument("ms", help="the Measurement Set (or a journal kept beside it)")
+    parser.add_argument(
+        "ms", help="the Measurement Set (or a journal, or a repair backup, kept beside it)"
+    )
     parser.add_argument(
         "--force",
         action="store_true",
@@ -46,6 +53,8 @@ def register(commands: Any) -> None:
 
 def _restore(args: argparse.Namespace) -> int:
     target = Path(args.ms)
+    if repair_journal.backup_ms(target.absolute()) is not None:
+        return _undo_repair(target, force=args.force)
     ms, chosen = target, None
     if journal.JOURNAL_MARK in target.name:
         found = journal.ms_of_journal(target.absolute())
@@ -61,6 +70,17 @@ def _restore(args: argparse.Namespace) -> int:
     except JournalError as error:
         return _fail(EXIT_REFUSED, str(error))
     print(DONE_MESSAGE.format(count=len(done), vis=ms, journal=chosen or "its journal"))
+    return EXIT_OK
+
+
+def _undo_repair(backup: Path, *, force: bool) -> int:
+    try:
+        ms, done = repair_journal.undo_backup(backup, force=force)
+    except InvalidInput as error:
+        return _fail(EXIT_BAD_INPUT, str(error))
+    except JournalError as error:
+        return _fail(EXIT_REFUSED, str(error))
+    print(DONE_MESSAGE.format(count=len(done), vis=ms, journal=backup))
     return EXIT_OK
 
 

@@ -697,11 +697,30 @@ def ms_of_journal(journal: Path) -> Path | None:
     return journal.parent / name[1:].rsplit(JOURNAL_MARK, 1)[0]
 
 
+@contextlib.contextmanager
+def writer_lock(vis: str | os.PathLike[str], *, timeout: float, task: str) -> Iterator[None]:
+    """Hold casaguard's writer lock on ``vis`` (the one every guarded write takes).
+
+    For writers that are not a guarded call (the repair): while it is held no
+    guarded write to ``vis`` starts, and none is running.
+
+    Raises:
+        MsLocked: another writer still holds it after ``timeout`` seconds.
+        InvalidInput: the lock file cannot be created or opened (a read-only MS).
+    """
+    fd = _one_writer(os.path.abspath(vis), timeout, task)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def recover(
     vis: str | os.PathLike[str],
     *,
     journal: str | os.PathLike[str] | None = None,
     force: bool = False,
+    writer_lock_held: bool = False,
 ) -> list[str]:
     """Restore the pending journal of ``vis`` into it, then remove the journal.
 
@@ -710,6 +729,8 @@ def recover(
         journal: a specific journal directory of ``vis``.
         force: restore even if a pid that wrote the journal looks alive or the
             MS was written after the call died.
+        writer_lock_held: the caller already holds ``writer_lock(vis)`` (a
+            second ``flock`` from this process would conflict with it).
 
     Returns:
         The paths restored or removed.
@@ -721,10 +742,12 @@ def recover(
     """
     ms = Path(os.path.abspath(vis))
     require_ms(ms)
-    try:
-        writer_fd = _one_writer(str(ms), RECOVER_LOCK_WAIT_S, "restore-journal")
-    except MsLocked as error:
-        raise JournalError(f"refusing to restore {ms}: {error}") from None
+    writer_fd = None
+    if not writer_lock_held:
+        try:
+            writer_fd = _one_writer(str(ms), RECOVER_LOCK_WAIT_S, "restore-journal")
+        except MsLocked as error:
+            raise JournalError(f"refusing to restore {ms}: {error}") from None
     try:
         path = _the_pending_journal(ms, journal)
         manifest = _read_manifest(path)
@@ -744,7 +767,8 @@ def recover(
         done = restore(path, vis=str(ms))
         shutil.rmtree(path)
     finally:
-        os.close(writer_fd)
+        if writer_fd is not None:
+            os.close(writer_fd)
     log.info("journal_recovered", vis=str(ms), journal=str(path), restored=len(done))
     return done
 

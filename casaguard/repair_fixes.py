@@ -322,6 +322,26 @@ class RemoveModelColumn:
         del backup
 
 
+@dataclass
+class RemoveCorrectedColumn(RemoveModelColumn):
+    """A fixed-shape CORRECTED_DATA that misfits a spw: remove it, as a misfit MODEL_DATA is.
+
+    clearcal creates CORRECTED_DATA the way CASA wants it (variable-shape,
+    filled from DATA) -- which is also what clearcal would have put into it.
+    """
+
+    column: str = "CORRECTED_DATA"
+    why: str = (
+        "CASA cannot write calibrated cells of spectral windows of another shape into a "
+        "fixed-shape CORRECTED_DATA; clearcal creates CORRECTED_DATA itself, variable-shape, "
+        "when it does not exist"
+    )
+    consequence: str = (
+        "the calibrated data in CORRECTED_DATA is lost (kept in the backup): clearcal "
+        "recreates it as a copy of DATA; re-run applycal"
+    )
+
+
 # ----------------------------------------------------------------------------- journals
 
 

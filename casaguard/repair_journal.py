@@ -1,44 +1,51 @@
-"""The repair's only door into the journal: orphan journals, and the repair's own backups.
+"""The repair's only door into the journal: orphan journals, the writer lock, and backups.
 
 Every call the repair makes into ``casaguard.journal`` goes through this module,
 so that a change of the journal's format or rules changes this file only.
 
+Writer lock. The repair holds the journal's own writer lock
+(``<ms>/.casaguard-writer.lock``, ``journal.writer_lock``) for the whole of an
+apply, so no guarded write starts or runs while it changes the MS; finishing
+an orphan journal then runs ``journal.recover(..., writer_lock_held=True)``.
+
 Backups. Before a repair changes an MS it copies every file it will rewrite or
-delete into a backup directory beside the MS, written in the journal's own
-format (``journal.take_snapshot``: ``manifest.json`` + ``files/<relative path>``),
-so the command users know undoes it::
+delete into a backup directory beside the MS, written by the journal itself
+(``journal.take_snapshot``: ``manifest.json`` + ``files/<relative path>``, plus
+the ``table.lock`` of each table copied, whose sync data a restore puts back;
+casacore refuses a put-back ``table.dat`` whose lock file says otherwise:
+``Table::lock cannot sync table ...; another process changed the number of
+columns``). A subtable with a file to back up is copied whole (the journal's
+unit for subtables). ``casaguard restore-journal <backup>`` undoes the repair
+(``undo_backup``); it refuses when the MS was written after the repair
+(``journal.later_writes``: the repair touches the backup's ``heartbeat`` when
+its changes are done), unless ``--force``.
 
-    casaguard restore-journal <ms parent>/.<ms name>-repair.casaguard-journal-<UTC time>-<hex>
-
-A backup also holds the ``table.lock`` of every table it copies files of, and
-puts it back with them. casacore keeps a table's sync data (column and row
-counts, change counters) in ``table.lock``; a ``table.dat`` put back without
-its lock file is refused by casacore's next writer -- measured after undoing a
-column removal: ``Table::lock cannot sync table ...; another process changed the
-number of columns``. (The journal itself never copies ``table.lock``; the
-journal rewrite decides that for journals, this module for backups.)
-
-A backup is never an *orphan* journal: its name does not match the orphan
-pattern ``.<ms name>.casaguard-journal-<pid>-*`` (the ``-repair`` sits between
-the MS name and the mark, and the time stamp is not a pid), so guarded writes
-neither warn about it nor refuse the MS. Its manifest says ``"kind":
-"repair-backup"`` and names the fixes. A discarded orphan journal is moved,
-whole, into ``discarded/`` inside the backup: ``casaguard restore-journal
-<backup>/discarded/<journal>`` still rolls the MS back to it.
+A backup is never a *pending* journal: the journal looks for
+``.<ms name>.casaguard-journal-*`` beside the MS, and a backup is named
+``.<ms name>-repair.casaguard-journal-<UTC time>-<hex>`` (the ``-repair`` sits
+between the MS name and the mark), so the next guarded write neither warns
+about it nor refuses the MS. (A backup of MS ``x`` does match the pattern of an
+MS named ``x-repair``; its manifest names ``x``, so the journal ignores it there
+as untrusted.) Its manifest says ``"kind": "repair-backup"`` and names the
+fixes. A discarded orphan journal is moved, whole, into ``discarded/`` inside
+the backup; moved back beside the MS it is pending again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from casaguard import journal
+from casaguard.errors import InvalidInput, JournalError, MsLocked
+from casaguard.msinput import require_ms
 
 BACKUP_KIND = "repair-backup"
 BACKUP_MARK = "-repair" + journal.JOURNAL_MARK
@@ -48,7 +55,7 @@ ORPHAN_COPIES = "orphans"
 
 def pending_journals(ms: str) -> list[Path]:
     """Journals of ``ms`` left by a guarded write whose caller died (they hold the old state)."""
-    return journal.orphans(ms)
+    return journal.pending_journals(ms)
 
 
 def journal_manifest(path: Path) -> dict[str, Any]:
@@ -73,40 +80,40 @@ def journal_touches(path: Path) -> list[str]:
     return list(dict.fromkeys(touched))
 
 
-def journal_superseded(path: Path) -> bool | None:
-    """Whether the MS provably changed after the dead call that left ``path``.
+def journal_superseded(path: Path) -> bool:
+    """Whether the MS was written after the dead call that left ``path`` (``later_writes``).
 
-    The journal of today records no end state of the dead call, so nothing
-    proves it either way: None. (The journal rewrite that refuses a restore over
-    newer work answers this; only this function then changes.)
+    Finishing such a journal would undo that newer work, so the repair plans no
+    finish for it (``--discard-journal`` or ``restore-journal --force`` decide).
     """
-    del path
-    return None
+    manifest = journal_manifest(path)
+    ms = Path(manifest.get("vis", ""))
+    return ms.is_dir() and bool(journal.later_writes(ms, path, manifest))
+
+
+@contextlib.contextmanager
+def writer_lock(ms: str) -> Iterator[None]:
+    """Hold the journal's writer lock on ``ms``, never waiting for it.
+
+    Raises:
+        MsLocked: a guarded write (or another repair) holds the MS.
+    """
+    with journal.writer_lock(ms, timeout=0.0, task="repair"):
+        yield
 
 
 def finish_journal(path: Path) -> list[str]:
     """Finish the restore an orphan journal holds (its MS goes back to before the dead call).
 
-    Today's journal puts the data files back but not the tables' ``table.lock``.
-    Measured (16,800-row MS, caller SIGKILLed mid-ft): the half-written MS reads
-    fine, but after ``journal.recover`` python-casacore fails on
-    ``SSMIndex::getIndex - access to non-existing row 0 in column APP_PARAMS of
-    table .../HISTORY``; removing the ``table.lock`` of each table the restore put
-    files back into (casacore writes a fresh one on the next open) makes plain
-    ft + clearcal succeed. The repair's backup holds the removed lock files. (The
-    journal rewrite of issue 11 restores consistent lock files itself; then this
-    step finds nothing to do and goes.)
+    Call it holding ``writer_lock``. The journal puts the data files and each
+    table's ``table.lock`` sync data back, then removes itself.
+
+    Raises:
+        JournalError: refused (the MS was written after the dead call, a bad
+            manifest) or the restore failed; the journal is kept.
     """
-    manifest = journal_manifest(path)
-    ms = Path(manifest.get("vis", ""))
-    done = journal.recover(ms, journal=path)
-    tables = {str(Path(rel).parent) for rel in manifest.get("saved", [])}
-    for table in sorted(tables):
-        lock = ms / table / journal.LOCK_FILE
-        if lock.is_file():
-            lock.unlink()
-            done.append(str(lock))
-    return done
+    ms = Path(journal_manifest(path).get("vis", ""))
+    return journal.recover(ms, journal=path, writer_lock_held=True)
 
 
 def backup_path(ms: str) -> Path:
@@ -120,7 +127,7 @@ def take_backup(ms: str, files: Sequence[str], *, fixes: Sequence[str]) -> Path:
     """Copy ``files`` (relative to ``ms``) into a new backup directory; return its path.
 
     Raises:
-        InvalidInput: not enough free space for the copy (nothing was copied).
+        InvalidInput: not enough free space, or a file cannot be read (nothing was copied).
     """
     path = backup_path(ms)
     path.mkdir(mode=0o700)
@@ -129,38 +136,73 @@ def take_backup(ms: str, files: Sequence[str], *, fixes: Sequence[str]) -> Path:
             path,
             ms,
             task="repair",
-            files=list(files),
-            subtables=[],
+            files=[rel for rel in files if len(Path(rel).parts) == 1],
+            subtables=sorted({Path(rel).parts[0] for rel in files if len(Path(rel).parts) > 1}),
             growth_bytes=0,
             extra={"kind": BACKUP_KIND, "fixes": list(fixes)},
         )
-        _add_lock_files(path, Path(ms), files)
+    except OSError as error:
+        shutil.rmtree(path, ignore_errors=True)
+        raise InvalidInput(f"repair: cannot back up {ms}: {error}; nothing was changed") from None
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
     return path
 
 
-def _add_lock_files(backup: Path, ms: Path, files: Sequence[str]) -> None:
-    """Copy the ``table.lock`` of every table ``files`` belong to, and list it in the manifest."""
-    tables = sorted({str(Path(rel).parent) for rel in files} | ({"."} if files else set()))
-    manifest_path = backup / journal.MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    for table in tables:
-        rel = os.path.normpath(os.path.join(table, journal.LOCK_FILE))
-        if (ms / rel).is_file():
-            target = backup / journal.FILES / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            journal.copy_file(ms / rel, target)
-            manifest["saved"].append(rel)
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, manifest_path)
+def seal_backup(backup: Path) -> None:
+    """Mark the end of the repair's writes: whatever changes the MS later is newer work."""
+    (backup / journal.HEARTBEAT).touch(mode=0o600)
 
 
 def restore_backup(path: Path) -> list[str]:
     """Put the MS back as the backup found it (the repair's rollback); keep the backup dir."""
     return journal.restore(path, vis=str(journal_manifest(path).get("vis", "")))
+
+
+def backup_ms(path: Path) -> Path | None:
+    """The MS a repair backup belongs to (from its place, name and manifest), or None."""
+    name = path.name
+    if not name.startswith(".") or BACKUP_MARK not in name:
+        return None
+    if journal_manifest(path).get("kind") != BACKUP_KIND:
+        return None
+    return path.parent / name[1:].rsplit(BACKUP_MARK, 1)[0]
+
+
+def undo_backup(path: Path, *, force: bool = False) -> tuple[Path, list[str]]:
+    """``casaguard restore-journal <backup>``: undo a repair, then remove its backup.
+
+    Returns:
+        The MS and the paths restored or removed.
+
+    Raises:
+        InvalidInput: ``path`` is not a repair backup beside an MS.
+        JournalError: refused (untrusted backup, MS locked, the MS was written
+            after the repair -- unless ``force``) or the restore failed.
+    """
+    path = Path(os.path.abspath(path))
+    ms = backup_ms(path)
+    if ms is None:
+        raise InvalidInput(f"{path}: not a casaguard repair backup")
+    require_ms(ms)
+    problem = journal.trust_problem(path, ms)
+    if problem is not None:
+        raise JournalError(f"refusing to restore {ms} from {path}: {problem}")
+    try:
+        with journal.writer_lock(ms, timeout=journal.RECOVER_LOCK_WAIT_S, task="restore-journal"):
+            if not force:
+                later = journal.later_writes(ms, path, journal_manifest(path))
+                if later:
+                    shown = ", ".join(later[:3]) + (" ..." if len(later) > 3 else "")
+                    raise JournalError(
+                        journal.LATER_WRITE_MESSAGE.format(vis=ms, journal=path, paths=shown)
+                    )
+            done = journal.restore(path, vis=str(ms))
+            shutil.rmtree(path)
+    except MsLocked as error:
+        raise JournalError(f"refusing to restore {ms}: {error}") from None
+    return ms, done
 
 
 def keep_orphan_copy(backup: Path, orphan: Path) -> Path:

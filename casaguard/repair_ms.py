@@ -7,7 +7,7 @@
      |- orphan journals of ms (repair_journal)      a guarded write died with its caller
      |- plan: finding code -> fix (repair_fixes)    or "no safe fix": why, what a human must do
      |  dry run stops here: the report lists every exact change and why
-     '- apply (one guarded writer: flock on the MS directory, as the journal takes it)
+     '- apply (one guarded writer: the journal's writer lock, <ms>/.casaguard-writer.lock)
          |- backup: copy every file the fixes rewrite or delete (journal format, beside the MS)
          |- fixes, journals first; then re-probe and plan the rest on the new state
          |- verify: probe again -- the fixed codes must be gone, no new fatal one --
@@ -22,22 +22,21 @@ work runs in a python-casacore child (``casaguard._incasacore.repair_columns``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from casaguard import access, events, repair_journal
-from casaguard.errors import InvalidInput, MsLocked
+from casaguard.errors import InvalidInput
 from casaguard.findings import CODES, SCHEMA_VERSION, Finding, ProbeReport, Verdict
 from casaguard.preflight import probe
 from casaguard.repair_fixes import (
     DiscardJournal,
     FinishJournal,
     Fix,
+    RemoveCorrectedColumn,
     RemoveModelColumn,
     ReplaceForeignFiles,
     replaceable,
@@ -57,6 +56,7 @@ FIXES: dict[str, str] = {
     "SUBTABLE_NOT_WRITABLE": "own-copy",
     "MODEL_DATA_FIXED_SHAPE_MISMATCH": "remove-column",
     "MODEL_DATA_BAD_TYPE": "remove-column",
+    "CORRECTED_DATA_FIXED_SHAPE_MISMATCH": "remove-column",
     "JOURNAL_PENDING": "finish-journal",
 }
 
@@ -107,9 +107,43 @@ NO_FIX: dict[str, tuple[str, str]] = {
         "casaguard does not claim a fix it has not seen CASA accept",
         "remove MODEL_DATA (python-casacore: t.removecols('MODEL_DATA')), then re-run ft",
     ),
+    "MAIN_TABLE_UNREADABLE": (
+        "casacore cannot open the main table: bytes of its files are damaged or missing",
+        _REBUILD,
+    ),
+    "SUBTABLE_UNREADABLE": ("bytes of a subtable's files are damaged or missing", _REBUILD),
+    "COLUMN_UNREADABLE": ("bytes of a column's storage file are damaged or missing", _REBUILD),
+    "SUBTABLE_KEYWORD_MISSING": (
+        "the main table no longer points at a required subtable; re-adding the keyword is a "
+        "change to table.dat casaguard has not seen CASA accept, and the subtable may be gone",
+        "if the subtable directory is intact, add the keyword back (python-casacore: "
+        "t.putkeyword('NAME', 'Table: <ms>/NAME')); otherwise " + _REBUILD,
+    ),
+    "SUBTABLE_EMPTY": (
+        "a subtable ft/clearcal need rows of has none; its rows cannot be invented",
+        _REBUILD,
+    ),
+    "REQUIRED_COLUMN_MISSING": (
+        "a column the MS definition requires is gone; its values cannot be invented",
+        _REBUILD,
+    ),
+    "LOCK_SYNC_MISMATCH": (
+        "table.lock and table.dat disagree, and the files cannot tell which is right: data "
+        "files put back without their lock (the lock is stale) or a table.dat rolled back "
+        "under a newer writer (the data is stale)",
+        "if the table's files were put back from a copy and no process has the MS open, "
+        "remove that table's table.lock (casacore writes a fresh one); otherwise " + _REBUILD,
+    ),
     "CANARY_FAILED": ("CASA failed on a copy for a reason no static finding names", _REBUILD),
     "CANARY_SLICE_FAILED": ("CASA cannot even copy the MS", _REBUILD),
 }
+SUPERSEDED_FINDING = "pending journal {journal}, and the MS was written after the call died"
+SUPERSEDED = (
+    "the MS was written after the call that left the journal died: finishing the restore "
+    "would undo that newer work, and which state to keep is the user's call",
+    "keep the MS as it is: `casaguard repair --apply --discard-journal`; or roll back anyway: "
+    "`casaguard restore-journal MS --force`",
+)
 _MODEL_CODES = ("MODEL_DATA_FIXED_SHAPE_MISMATCH", "MODEL_DATA_BAD_TYPE")
 _ACCESS_CODES = ("TABLE_DAT_NOT_WRITABLE", "TABLE_FILE_NOT_WRITABLE", "SUBTABLE_NOT_WRITABLE")
 _DEFAULT_NO_FIX = (
@@ -274,6 +308,8 @@ def plan_fixes(
                         finding.fix,
                     )
                 )
+        elif finding.code == "CORRECTED_DATA_FIXED_SHAPE_MISMATCH":
+            fixes.append(RemoveCorrectedColumn(finding.code, ms))
         elif finding.code in _MODEL_CODES:
             if not seen & set(_MODEL_CODES):  # one removal, whatever else is wrong with it
                 fixes.append(RemoveModelColumn(finding.code, ms))
@@ -284,19 +320,30 @@ def plan_fixes(
     return fixes, unfixed
 
 
-def _journal_fixes(ms: str, discard: bool) -> list[Fix]:
+def _journal_fixes(ms: str, discard: bool) -> tuple[list[Fix], list[Unfixed]]:
+    """A fix per pending journal; none for one the MS was written after (finishing it undoes
+    that newer work), unless the caller asked to discard journals."""
     fixes: list[Fix] = []
+    unfixed: list[Unfixed] = []
     for orphan in repair_journal.pending_journals(ms):
+        superseded = repair_journal.journal_superseded(orphan)
         if discard:
-            fixes.append(DiscardJournal(ms, orphan, repair_journal.journal_superseded(orphan)))
+            fixes.append(DiscardJournal(ms, orphan, superseded))
+        elif superseded:
+            finding = SUPERSEDED_FINDING.format(journal=orphan)
+            unfixed.append(Unfixed("JOURNAL_PENDING", finding, *SUPERSEDED))
         else:
             fixes.append(FinishJournal(ms, orphan))
-    return fixes
+    return fixes, unfixed
 
 
 def _message(fix: Fix, report: ProbeReport) -> str:
-    if fix.code == "JOURNAL_PENDING":
-        return "an orphan casaguard journal: a guarded write died with its caller mid-write"
+    if isinstance(fix, FinishJournal | DiscardJournal):
+        # The probe's JOURNAL_PENDING finding for this very journal, when it saw it.
+        for finding in report.findings:
+            if finding.code == fix.code and finding.data.get("journal") == str(fix.journal):
+                return finding.message
+        return "a pending casaguard journal: a guarded write died mid-write"
     return next((f.message for f in report.findings if f.code == fix.code), fix.code)
 
 
@@ -351,8 +398,9 @@ def repair(
         ]
         return _finish(report, started)
     creds = access.current_credentials()
-    journal_fixes = _journal_fixes(path, discard_journal)
+    journal_fixes, stale = _journal_fixes(path, discard_journal)
     other_fixes, report.unfixed = plan_fixes(path, before, creds)
+    report.unfixed[:0] = stale
     if journal_fixes and other_fixes:
         report.notes.append(
             "fixes after the journal's were planned on the MS as it is now; --apply re-plans "
@@ -366,7 +414,15 @@ def repair(
         report.fixes = [_planned(f, before) for f in (*journal_fixes, *other_fixes)]
         report.notes.append("nothing was changed: another process has the MS open or locked")
         return _finish(report, started)
-    with _one_writer(path):
+    if not journal_fixes and not other_fixes:
+        return _finish(report, started)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(repair_journal.writer_lock(path))
+        except InvalidInput as error:  # no writer-lock file can be made: nothing can be written
+            report.fixes = [_planned(f, before) for f in (*journal_fixes, *other_fixes)]
+            report.notes.append(f"nothing was changed: {error}")
+            return _finish(report, started)
         _apply(report, path, journal_fixes, other_fixes, creds, verify=verify, timeout=timeout)
     return _finish(report, started)
 
@@ -438,6 +494,7 @@ def _apply(
     report.verified = True
     for kept in report.backups:
         repair_journal.drop_orphan_copies(Path(kept))
+        repair_journal.seal_backup(Path(kept))
 
 
 def _verification_problem(report: RepairReport, after: ProbeReport) -> str | None:
@@ -471,24 +528,6 @@ def _rollback(report: RepairReport, done: list[tuple[Fix, PlannedFix, Path]]) ->
                 if entry.status == "applied":
                     entry.status = "rolled-back"
     log.warning("repair_rolled_back", vis=report.ms, backups=backups)
-
-
-@contextlib.contextmanager
-def _one_writer(ms: str) -> Iterator[None]:
-    """The journal's one-writer rule: an exclusive flock on the MS directory, never waited for."""
-    fd = os.open(ms, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise MsLocked(
-                f"repair: a guarded write to {ms} is running; nothing was changed",
-                task="repair",
-                vis=ms,
-            ) from error
-        yield
-    finally:
-        os.close(fd)
 
 
 def _finish(report: RepairReport, started: float) -> RepairReport:

@@ -108,8 +108,9 @@ def test_orphan_blocks_the_next_write_until_restore_journal(
     ms: Path, complist: Path, tmp_path: Path
 ) -> None:
     """After the caller is SIGKILLed mid-ft, the next guarded ft is refused naming the journal and
-    the restore command, probe calls the MS unsafe (JOURNAL_PENDING), and restore-journal rolls it
-    back to a state CASA's next ft and clearcal accept."""
+    the restore command (the CLI: one line, exit 1 -- the MS is unsafe, as probe says), probe
+    calls the MS unsafe (JOURNAL_PENDING), and restore-journal rolls it back to a state CASA's
+    next ft and clearcal accept."""
     before = _tree(ms)
     orphan = _kill_caller_mid_ft(ms, complist, tmp_path)
     with pytest.raises(casaguard.JournalError) as caught:
@@ -117,6 +118,11 @@ def test_orphan_blocks_the_next_write_until_restore_journal(
     assert str(orphan) in str(caught.value)
     assert f"`casaguard restore-journal {ms}`" in str(caught.value)
     assert orphan.is_dir()
+    half = _tree(ms)
+    refused = _cli(["ft", str(ms), "--complist", str(complist), "--usescratch"], tmp_path)
+    lines = _error_lines(refused)
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr
+    assert str(orphan) in lines[0] and _tree(ms) == half
     report = casaguard.probe(str(ms))
     pending = [f for f in report.findings if f.code == "JOURNAL_PENDING"]
     assert pending and pending[0].severity == "fatal" and report.verdict == "unsafe"
@@ -347,7 +353,9 @@ try:
     casaguard.ft(vis=vis, complist=complist, usescratch=True, mode="spawn")
     print(json.dumps({"error": None}))
 except casaguard.CasaCrash as error:
+    # The class is CasaTaskError[RuntimeError] (also a RuntimeError, as CASA raised it).
     print(json.dumps({"error": type(error).__name__, "kind": error.kind,
+                      "task_error": isinstance(error, casaguard.CasaTaskError),
                       "restored": error.restored, "message": str(error)}))
 """
 
@@ -380,7 +388,7 @@ def test_casa_error_mid_write_leaves_a_working_ms(
         check=False,
     )
     facts = json.loads(result.stdout.strip().splitlines()[-1])
-    assert facts["error"] == "CasaTaskError" and facts["kind"] == "casa-error", facts
+    assert facts["task_error"] and facts["kind"] == "casa-error", facts
     assert "write error" in facts["message"] and facts["restored"], facts
     assert _tree(vis) == before
     assert _journals(vis) == []

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DROP_ROOT_POWERS, casacore_script
+from conftest import DROP_ROOT_POWERS, casa_script, casacore_script
 from next_reader import assert_casa_can_use
 from probe_variants import WSCLEAN, Variants, remove_scratch_columns
 
@@ -67,11 +67,12 @@ def _tree(root: Path) -> dict[str, tuple[str, int, int, int]]:
 
 
 def _bytes(root: Path, *, skip: tuple[str, ...] = ("table.lock",)) -> dict[str, str]:
-    """Content hash of every file of an MS except ``skip`` names."""
+    """Content hash of every file of an MS except ``skip`` names and casaguard's (empty)
+    writer-lock file, which the first guarded write or repair --apply creates."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in skip
+        if p.is_file() and p.name not in (*skip, journal.WRITER_LOCK_FILE)
     }
 
 
@@ -283,6 +284,42 @@ def test_fixed_shape_model_data_is_removed_and_casa_recreates_it(
     assert_casa_can_use(ms, complist)
 
 
+def test_fixed_shape_corrected_data_is_removed_and_clearcal_recreates_it(
+    variants: Variants, tmp_path: Path, complist: Path
+) -> None:
+    """A fixed-shape CORRECTED_DATA of spw 0's shape on a 4+16-channel MS: plain ft + clearcal
+    fail; repair removes the column (verified by the canary); plain ft + clearcal then succeed,
+    and DATA, FLAG, UVW, WEIGHT, ANTENNA1/2 are unchanged."""
+    _plain_casa_fails(variants.corrected_fixed_multi_spw(tmp_path / "witness.ms"), complist)
+    ms = variants.corrected_fixed_multi_spw(tmp_path / "fixed.ms")
+    before_columns = _columns(ms)
+    report = casaguard.repair(ms, apply=True)
+    assert report.exit_code == 0, report.to_dict()
+    assert [(f.code, f.fix, f.status) for f in report.fixes] == [
+        ("CORRECTED_DATA_FIXED_SHAPE_MISMATCH", "remove-column", "applied")
+    ]
+    assert report.fixes[0].changes[0]["before"]["column"] == "CORRECTED_DATA"
+    assert "applycal" in report.fixes[0].consequence
+    assert report.verified and [f.code for f in report.canary] == ["CANARY_OK"]
+    assert _columns(ms) == before_columns
+    assert_casa_can_use(ms, complist)
+
+
+def test_every_fatal_code_has_a_fix_or_says_why_not_in_code_and_docs() -> None:
+    """Every fatal probe code that is not bad input has a fix or a "no fix" reason with the
+    human step in the planner, and docs/repair.md names it."""
+    from casaguard.findings import CODES
+    from casaguard.repair_ms import FIXES, NO_FIX
+
+    docs = (Path(__file__).parents[1] / "docs" / "repair.md").read_text()
+    fatal = [c for c, i in CODES.items() if i.severity == "fatal" and i.group != "input"]
+    assert "CORRECTED_DATA_FIXED_SHAPE_MISMATCH" in fatal and "JOURNAL_PENDING" in fatal
+    unplanned = [c for c in fatal if c not in FIXES and c not in NO_FIX]
+    undocumented = [c for c in fatal if f"`{c}`" not in docs]
+    assert unplanned == [] and undocumented == [], (unplanned, undocumented)
+    assert all(why and human for why, human in NO_FIX.values())
+
+
 def test_a_float_model_data_is_removed_and_casa_recreates_it(
     ms_factory: Any, tmp_path: Path, complist: Path
 ) -> None:
@@ -339,6 +376,32 @@ def test_restore_journal_undoes_a_column_removal_and_the_table_stays_writable(
     assert again.exit_code == 0 and again.fixes[0].status == "applied", again.to_dict()
 
 
+def test_a_guarded_write_after_a_repair_runs_and_then_the_backup_refuses_to_undo_it(
+    variants: Variants, tmp_path: Path, complist: Path
+) -> None:
+    """A repair backup is not a pending journal: a guarded ft after repair --apply succeeds;
+    restore-journal BACKUP then refuses in one line (exit 1, nothing changed) because the MS
+    was written after the repair, and --force undoes the repair anyway."""
+    ms = variants.multi_spw_fixed_model(tmp_path / "fixed.ms")
+    report = casaguard.repair(ms, apply=True, verify=False)
+    assert report.exit_code == 0 and len(report.backups) == 1, report.to_dict()
+    backup = Path(report.backups[0])
+    assert journal.pending_journals(ms) == []
+    assert "JOURNAL_PENDING" not in casaguard.probe(ms).codes()
+    time.sleep(journal.LATER_WRITE_MARGIN_S + 0.5)
+    casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
+    after_ft = _bytes(ms)
+    refused = _cli(["restore-journal", str(backup)])
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("casaguard:")]
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr
+    assert "was written after" in lines[0] and backup.is_dir()
+    assert _bytes(ms) == after_ft
+    forced = _cli(["restore-journal", str(backup), "--force"])
+    assert forced.returncode == 0, forced.stderr
+    assert not backup.exists()
+    assert "MODEL_DATA_FIXED_SHAPE_MISMATCH" in casaguard.probe(ms).codes()
+
+
 # ----------------------------------------------------------------------------- dry run
 
 
@@ -368,7 +431,8 @@ def test_dry_run_changes_nothing_and_names_every_change(
 
 @pytest.mark.parametrize(
     ("variant", "code", "exit_code"),
-    [("mangled_spw", "SPW_NUM_CHAN_MISMATCH", 1), ("missing_subtable", "SUBTABLE_MISSING", 2)],
+    # A damaged MS is an MS: its findings are unsafe (exit 1), as the probe says since issue 14.
+    [("mangled_spw", "SPW_NUM_CHAN_MISMATCH", 1), ("missing_subtable", "SUBTABLE_MISSING", 1)],
 )
 def test_a_cause_without_a_safe_fix_changes_nothing_and_says_why(
     variants: Variants, tmp_path: Path, variant: str, code: str, exit_code: int
@@ -499,6 +563,9 @@ def test_orphan_journal_is_finished_and_the_ms_is_as_before_the_dead_call(
     assert _bytes(ms) != before, "the SIGKILL must land after ft began to write"
     dry = casaguard.repair(ms)
     assert dry.exit_code == 1 and [f.fix for f in dry.fixes] == ["finish-journal"]
+    assert dry.before is not None
+    (pending,) = [f for f in dry.before.findings if f.code == "JOURNAL_PENDING"]
+    assert dry.fixes[0].code == "JOURNAL_PENDING" and dry.fixes[0].finding == pending.message
     assert _tree(ms) == half and orphan.is_dir()
     report = casaguard.repair(ms, apply=True)
     assert report.exit_code == 0, report.to_dict()
@@ -508,6 +575,32 @@ def test_orphan_journal_is_finished_and_the_ms_is_as_before_the_dead_call(
     backup = Path(report.backups[0])
     assert not (backup / repair_journal.ORPHAN_COPIES).exists()
     assert_casa_can_use(ms, complist)
+
+
+def test_an_orphan_the_ms_was_written_after_gets_no_fix(
+    big_ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """When plain casatasks.ft wrote the MS after the caller died, finishing the orphan would
+    undo that newer work: --apply changes nothing and names JOURNAL_PENDING as unfixed (why,
+    and what to choose); --discard-journal plans the discard, proven newer."""
+    ms = big_ms
+    orphan = _orphan_journal(ms, complist, tmp_path)
+    time.sleep(journal.LATER_WRITE_MARGIN_S + 0.5)
+    done = casa_script(
+        f"import casatasks\n"
+        f"casatasks.ft(vis={str(ms)!r}, complist={str(complist)!r}, usescratch=True)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    newer = _tree(ms)
+    report = casaguard.repair(ms, apply=True)
+    assert report.exit_code == 1 and report.fixes == [] and report.backups == [], report.to_dict()
+    (item,) = [u for u in report.unfixed if u.code == "JOURNAL_PENDING"]
+    assert "newer work" in item.why and "--discard-journal" in item.human
+    assert _tree(ms) == newer and orphan.is_dir()
+    dry = casaguard.repair(ms, discard_journal=True)
+    assert [(f.fix, f.changes[0]["before"]["proven_newer"]) for f in dry.fixes] == [
+        ("discard-journal", True)
+    ]
 
 
 def test_discard_journal_keeps_the_ms_and_the_journal_stays_restorable(
@@ -581,7 +674,9 @@ cp -r "$SRC" "$MNT/obs.ms"
 # MODEL_DATA that CASA would have to create once the misfit one is gone.
 avail=$(df --output=avail -B1 "$MNT" | tail -1)
 fallocate -l $((avail - 250 * 1024)) "$MNT/filler"
-sha() { (cd "$MNT/obs.ms" && find . -type f -exec sha1sum {} + | sort); }
+# casaguard's writer-lock file (empty, made by --apply) is not the MS's data.
+sha() { (cd "$MNT/obs.ms" && find . -type f ! -name .casaguard-writer.lock -exec sha1sum {} + \
+         | sort); }
 sha > "$OUT/before"
 set +e
 "$PY" -m casaguard.cli repair --apply --no-verify --json "$MNT/obs.ms" > "$OUT/report"
