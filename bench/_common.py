@@ -24,7 +24,8 @@ import psutil
 import structlog
 
 import casaguard
-from casaguard import _template, casaenv
+from casaguard import casaenv
+from casaguard.sandbox import template as _template
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

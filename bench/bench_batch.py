@@ -95,7 +95,7 @@ def main() -> None:
     # A script may configure logging (the library never does): keep the table readable.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     count = 10 if args.quick else args.count
-    has_probe = importlib.util.find_spec("casaguard.preflight") is not None
+    has_probe = importlib.util.find_spec("casaguard.preflight.probe") is not None
     load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="casaguard-bench-batch-") as tmp:

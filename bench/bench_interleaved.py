@@ -49,7 +49,8 @@ import _common
 import structlog
 
 import casaguard
-from casaguard import _template, casaenv
+from casaguard import casaenv
+from casaguard.sandbox import template as _template
 
 TASKS = ("ft", "clearcal")
 TARGETS = {

@@ -3,7 +3,7 @@
 The calling process never imports casatools, casatasks or python-casacore.
 
 The public names are loaded on first use (PEP 562): a sandbox child starts
-with ``import casaguard._child`` and must not pay for the whole package
+with ``import casaguard.sandbox.child`` and must not pay for the whole package
 (runner, template, batch engines, structlog) before it can run one task --
 that import cost is paid by every spawned child and every static probe.
 """
@@ -23,40 +23,40 @@ _EXPORTS: dict[str, str] = {
     "CasaTaskError": "casaguard.errors",
     "CasaguardError": "casaguard.errors",
     "ChildError": "casaguard.errors",
-    "CommandResult": "casaguard.command",
-    "Finding": "casaguard.findings",
+    "CommandResult": "casaguard.sandbox.command",
+    "Finding": "casaguard.preflight.findings",
     "HeapCorruption": "casaguard.errors",
     "InvalidInput": "casaguard.errors",
-    "ItemOutcome": "casaguard.batch",
+    "ItemOutcome": "casaguard.batch.mapping",
     "JournalError": "casaguard.errors",
     "Killed": "casaguard.errors",
     "MsLocked": "casaguard.errors",
-    "Outcome": "casaguard.outcome",
-    "ProbeReport": "casaguard.findings",
+    "Outcome": "casaguard.crash.outcome",
+    "ProbeReport": "casaguard.preflight.findings",
     "RemoteTraceback": "casaguard.errors",
-    "RepairReport": "casaguard.repair_ms",
+    "RepairReport": "casaguard.repairs.report",
     "Segfault": "casaguard.errors",
     "SetupError": "casaguard.errors",
-    "Source": "casaguard.complist",
+    "Source": "casaguard.api.complist",
     "TaskTimeout": "casaguard.errors",
     "UnexpectedExit": "casaguard.errors",
-    "call": "casaguard.tasks",
-    "clearcal": "casaguard.tasks",
-    "ft": "casaguard.tasks",
-    "make_complist": "casaguard.complist",
-    "make_point_complist": "casaguard.simulate",
-    "map_call": "casaguard.batch",
-    "map_probe": "casaguard.batch",
-    "map_repair": "casaguard.batch",
-    "map_task": "casaguard.batch",
-    "probe": "casaguard.preflight",
-    "probe_many": "casaguard.preflight",
-    "repair": "casaguard.repair_ms",
-    "run_command": "casaguard.command",
-    "run_task": "casaguard.tasks",
-    "simulate_ms": "casaguard.simulate",
-    "warmup": "casaguard._template",
-    "wsclean": "casaguard.command",
+    "call": "casaguard.api.tasks",
+    "clearcal": "casaguard.api.tasks",
+    "ft": "casaguard.api.tasks",
+    "make_complist": "casaguard.api.complist",
+    "make_point_complist": "casaguard.corpus.simulate",
+    "map_call": "casaguard.batch.mapping",
+    "map_probe": "casaguard.batch.mapping",
+    "map_repair": "casaguard.batch.mapping",
+    "map_task": "casaguard.batch.mapping",
+    "probe": "casaguard.preflight.probe",
+    "probe_many": "casaguard.preflight.probe",
+    "repair": "casaguard.repairs.report",
+    "run_command": "casaguard.sandbox.command",
+    "run_task": "casaguard.api.tasks",
+    "simulate_ms": "casaguard.corpus.simulate",
+    "warmup": "casaguard.sandbox.template",
+    "wsclean": "casaguard.sandbox.command",
 }
 
 __all__ = [
@@ -118,10 +118,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from casaguard._template import warmup
-    from casaguard.batch import ItemOutcome, map_call, map_probe, map_repair, map_task
-    from casaguard.command import CommandResult, run_command, wsclean
-    from casaguard.complist import Source, make_complist
+    from casaguard.api.complist import Source, make_complist
+    from casaguard.api.tasks import call, clearcal, ft, run_task
+    from casaguard.batch.mapping import ItemOutcome, map_call, map_probe, map_repair, map_task
+    from casaguard.corpus.simulate import make_point_complist, simulate_ms
+    from casaguard.crash.outcome import Outcome
     from casaguard.errors import (
         AbortCrash,
         CasaCrash,
@@ -140,9 +141,8 @@ if TYPE_CHECKING:
         TaskTimeout,
         UnexpectedExit,
     )
-    from casaguard.findings import Finding, ProbeReport
-    from casaguard.outcome import Outcome
-    from casaguard.preflight import probe, probe_many
-    from casaguard.repair_ms import RepairReport, repair
-    from casaguard.simulate import make_point_complist, simulate_ms
-    from casaguard.tasks import call, clearcal, ft, run_task
+    from casaguard.preflight.findings import Finding, ProbeReport
+    from casaguard.preflight.probe import probe, probe_many
+    from casaguard.repairs.report import RepairReport, repair
+    from casaguard.sandbox.command import CommandResult, run_command, wsclean
+    from casaguard.sandbox.template import warmup

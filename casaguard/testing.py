@@ -41,9 +41,9 @@ from typing import Any
 
 import pytest
 
-from casaguard import runner
+from casaguard.crash.outcome import Outcome, capture, crash_report, run_sandboxed
 from casaguard.errors import EXCEPTION_FOR_KIND, CasaCrash
-from casaguard.outcome import Outcome, capture, crash_report, run_sandboxed
+from casaguard.sandbox import runner
 
 MARKER = "casaguard"
 REPORT_SECTION = "casaguard"

@@ -95,7 +95,7 @@ def _is_guarded_child(proc: psutil.Process) -> bool:
 
 
 def _is_template(proc: psutil.Process) -> bool:
-    return "casaguard._template" in " ".join(proc.cmdline())
+    return "casaguard.sandbox.template" in " ".join(proc.cmdline())
 
 
 @pytest.fixture

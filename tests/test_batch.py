@@ -28,7 +28,8 @@ import pytest
 from conftest import casacore_script
 
 import casaguard
-from casaguard import cli_batch, crashers
+from casaguard.cli import batch as cli_batch
+from casaguard.corpus import crashers
 from casaguard.errors import RemoteTraceback
 
 MODEL_AMPLITUDE = """
@@ -40,7 +41,7 @@ MODEL_AMPLITUDE = """
         print(float(model[..., 0].mean()))  # XX of a 1 Jy unpolarised point source
 """
 
-CLI = [sys.executable, "-m", "casaguard.cli"]
+CLI = [sys.executable, "-m", "casaguard.cli.main"]
 
 
 def _model_amplitude(ms: Path) -> float:
@@ -74,7 +75,7 @@ def _rendezvous_work(flag: Path) -> Any:
     def work(item: str) -> str:
         import time
 
-        from casaguard import crashers
+        from casaguard.corpus import crashers
 
         if item == "wait":
             deadline = time.monotonic() + 60
@@ -231,7 +232,7 @@ def test_dask_worker_survives_a_real_crash(client: distributed.Client, no_leaks:
     workers_before = client.run(os.getpid)
 
     def work(item: str) -> str:
-        from casaguard import crashers
+        from casaguard.corpus import crashers
 
         if item == "double-free":
             crashers.double_free_out()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from casaguard import classify
-from casaguard.crashers import CRASHERS
+from casaguard.corpus.crashers import CRASHERS
+from casaguard.crash import classify
 from casaguard.errors import EXCEPTION_FOR_KIND
 
 RECORDED = Path(__file__).parent / "data" / "stderr"

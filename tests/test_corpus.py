@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from casaguard import corpus
+from casaguard.corpus import reproducers as corpus
 from casaguard.errors import EXCEPTION_FOR_KIND, InvalidInput
 
 

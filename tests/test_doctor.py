@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from casaguard import _child, casaenv, doctor, journal
+from casaguard import casaenv
+from casaguard.journal import hook as journal
+from casaguard.preflight import doctor
+from casaguard.sandbox import child as _child
 from tests.next_reader import assert_casa_can_use
 
 _DOCTOR = """
 import sys
-from casaguard.cli import main
+from casaguard.cli.main import main
 sys.exit(main(["doctor"] + sys.argv[1:]))
 """
 

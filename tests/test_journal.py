@@ -29,8 +29,10 @@ from next_reader import assert_casa_can_use
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard import journal, locks, runner
-from casaguard._job import Ref
+from casaguard.journal import hook as journal
+from casaguard.ms import locks
+from casaguard.sandbox import runner
+from casaguard.sandbox.jobdir import Ref
 
 #: ~100k rows: 8 antennas (28 baselines) x 3572 integrations.
 BIG_TIMES = 3572
@@ -265,7 +267,7 @@ def test_sigkill_at_random_moments_never_leaves_a_mix(kill_ms: BigMs, record_pro
 
 def _write_then_crash(vis: Path, *, journaled: bool) -> casaguard.CasaCrash:
     spec = runner.CallSpec(
-        func=Ref("casaguard._incasa.crash_write", "write_then_double_free"),
+        func=Ref("casaguard.remote.casa.crash_write", "write_then_double_free"),
         args=(str(vis), "MODEL_DATA", 0.5),
         name="write_then_double_free",
         vis=str(vis),
@@ -329,7 +331,7 @@ def test_columns_created_before_a_crash_are_removed(
     if task == "ft":
         params = {**params, "complist": str(complist)}
     spec = runner.CallSpec(
-        func=Ref("casaguard._incasa.crash_write", "task_then_double_free"),
+        func=Ref("casaguard.remote.casa.crash_write", "task_then_double_free"),
         args=(task, {"vis": str(ms), **params}),
         name=task,
         is_casa_task=True,
@@ -401,7 +403,7 @@ def _cli(
     args: list[str], cwd: Path, prefix: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "casaguard.cli", *args],
+        [*(prefix or []), sys.executable, "-m", "casaguard.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -498,7 +500,7 @@ sha() { (cd "$MNT/obs.ms" && find . -type f ! -name table.lock ! -name .casaguar
     -exec sha1sum {} + | sort); }
 sha > "$OUT/before"
 set +e
-"$PY" -m casaguard.cli ft "$MNT/obs.ms" --complist "$CL" --usescratch 2> "$OUT/stderr"
+"$PY" -m casaguard.cli.main ft "$MNT/obs.ms" --complist "$CL" --usescratch 2> "$OUT/stderr"
 echo $? > "$OUT/rc"
 set -e
 sha > "$OUT/after"
@@ -648,7 +650,7 @@ def test_two_guarded_writes_to_one_ms_never_interleave(
         vis = ms_factory(tmp_path / f"trial{trial}.ms")
         crash_spec = journal.journaled(
             runner.CallSpec(
-                func=Ref("casaguard._incasa.crash_write", "write_then_double_free"),
+                func=Ref("casaguard.remote.casa.crash_write", "write_then_double_free"),
                 args=(str(vis), "MODEL_DATA", 0.5),
                 name="write_then_double_free",
                 vis=str(vis),

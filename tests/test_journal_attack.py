@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from next_reader import assert_casa_can_use
 
-from casaguard import journal
+from casaguard.journal import hook as journal
 
 ATTACKER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 BASHRC = "# the victim's own shell start-up\n"
@@ -66,7 +66,7 @@ def _as_attacker(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _cli(args: list[str], home: Path, tmpdir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "casaguard.cli", *args],
+        [sys.executable, "-m", "casaguard.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -24,7 +24,7 @@ from next_reader import assert_casa_can_use
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard import journal
+from casaguard.journal import hook as journal
 
 CompletedText = subprocess.CompletedProcess[str]
 
@@ -63,7 +63,7 @@ casaguard.ft(vis=sys.argv[1], complist=sys.argv[2], usescratch=True)
 
 def _cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> CompletedText:
     return subprocess.run(
-        [sys.executable, "-m", "casaguard.cli", *args],
+        [sys.executable, "-m", "casaguard.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -210,7 +210,7 @@ sha() { (cd "$MS_FS/shared/obs.ms" && find . -type f ! -name table.lock \
     ! -name .casaguard-writer.lock -exec sha1sum {} + | sort); }
 sha > "$OUT/before"
 set +e
-HOME="$HOME_FS" "$PY" -m casaguard.cli ft "$MS_FS/shared/obs.ms" --complist "$CL" --usescratch \
+HOME="$HOME_FS" "$PY" -m casaguard ft "$MS_FS/shared/obs.ms" --complist "$CL" --usescratch \
     2> "$OUT/stderr"
 echo $? > "$OUT/rc"
 set -e
@@ -256,8 +256,9 @@ import json, os, sys
 from pathlib import Path
 sys.path.insert(0, os.environ["TESTS"])
 from structlog.testing import capture_logs
-from casaguard import journal, runner
-from casaguard._job import Ref
+from casaguard.journal import hook as journal
+from casaguard.sandbox import runner
+from casaguard.sandbox.jobdir import Ref
 from next_reader import assert_casa_can_use
 import subprocess
 
@@ -275,7 +276,7 @@ stats = os.statvfs(vis)
 subprocess.run(["fallocate", "-l", str(stats.f_bavail * stats.f_frsize - 262144), str(filler)],
                check=True)
 spec = runner.CallSpec(
-    func=Ref("casaguard._incasa.crash_write", "write_then_double_free"),
+    func=Ref("casaguard.remote.casa.crash_write", "write_then_double_free"),
     args=(str(vis), "MODEL_DATA", 0.5), name="write_then_double_free", vis=str(vis))
 facts = {}
 with capture_logs() as events:
@@ -291,7 +292,7 @@ facts["temp_files"] = [str(p) for p in vis.rglob("*casaguard-restore*")]
 facts["pending"] = [str(p) for p in journal.pending_journals(vis)]
 facts["changed_before_restore"] = tree() != before
 filler.unlink()
-done = subprocess.run([sys.executable, "-m", "casaguard.cli", "restore-journal", str(vis)],
+done = subprocess.run([sys.executable, "-m", "casaguard.cli.main", "restore-journal", str(vis)],
                       capture_output=True, text=True)
 facts["restore_rc"] = done.returncode
 facts["restore_stderr"] = done.stderr

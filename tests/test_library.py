@@ -15,10 +15,11 @@ from conftest import casa_script
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard import Source, casalog
-from casaguard._job import Ref
+from casaguard import Source
+from casaguard.sandbox import casalog
+from casaguard.sandbox.jobdir import Ref
 
-READ = Ref("casaguard._incasa.inspect_ms", "read_column")
+READ = Ref("casaguard.remote.casa.inspect_ms", "read_column")
 
 
 def test_ft_and_clearcal_take_path_objects(ms: Path, complist: Path, no_leaks: None) -> None:
@@ -191,7 +192,7 @@ def test_missing_complist_is_logged_as_an_error_not_a_crash(
         casaguard.ft(vis=ms, complist=tmp_path / "missing.cl")
     classified = next(e for e in captured if e["event"] == "crash_classified")
     assert (classified["outcome"], classified["kind"]) == ("error", "casa-error")
-    from casaguard import crashers
+    from casaguard.corpus import crashers
 
     with capture_logs() as captured, pytest.raises(casaguard.Segfault):
         casaguard.call(crashers.segfault, casa=False)

@@ -17,8 +17,11 @@ import pytest
 import structlog
 from conftest import DROP_ROOT_POWERS
 
-from casaguard import cli, cli_batch, cli_output, events
-from casaguard.batch_item import ItemOutcome
+from casaguard import events
+from casaguard.batch.item import ItemOutcome
+from casaguard.cli import batch as cli_batch
+from casaguard.cli import main as cli
+from casaguard.cli import output as cli_output
 from casaguard.errors import Segfault
 
 CLI = [sys.executable, "-m", "casaguard"]

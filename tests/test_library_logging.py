@@ -17,7 +17,8 @@ import pytest
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard import crashers, events
+from casaguard import events
+from casaguard.corpus import crashers
 
 PIPELINE = """
 import casaguard
@@ -138,7 +139,7 @@ def test_unconfigured_warning_goes_to_stderr_only(
     assert classified["kind"] == "segfault" and classified["signal"] == "SIGSEGV"
     code = textwrap.dedent(
         """
-        import casaguard, casaguard.crashers as c
+        import casaguard, casaguard.corpus.crashers as c
         try:
             casaguard.call(c.segfault, casa=False)
         except casaguard.Segfault:

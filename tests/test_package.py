@@ -21,12 +21,12 @@ def test_every_public_name_resolves() -> None:
 
 
 def test_child_entry_does_not_import_the_whole_package() -> None:
-    """``import casaguard._child`` (every spawned child, every static probe) skips the parent
+    """``import casaguard.sandbox.child`` (every spawned child, every static probe) skips the parent
     side: no runner, template, batch engines or structlog."""
     code = (
-        "import sys, casaguard._child; "
-        "print(sorted(m for m in ('casaguard.runner', 'casaguard._template', "
-        "'casaguard.batch', 'structlog') if m in sys.modules))"
+        "import sys, casaguard.sandbox.child; "
+        "print(sorted(m for m in ('casaguard.sandbox.runner', 'casaguard.sandbox.template', "
+        "'casaguard.batch.mapping', 'structlog') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -41,7 +41,7 @@ def test_public_functions_are_not_shadowed_by_submodules() -> None:
     import pkgutil
 
     for module in pkgutil.iter_modules(casaguard.__path__, "casaguard."):
-        if module.name.startswith(("casaguard._incasa", "casaguard._incasacore")):
+        if module.name.startswith(("casaguard.remote.casa", "casaguard.remote.casacore")):
             continue  # child-only modules import CASA
         importlib.import_module(module.name)
     for name in casaguard.__all__:

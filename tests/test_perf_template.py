@@ -15,7 +15,7 @@ from conftest import casa_script
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard import _template
+from casaguard.sandbox import template as _template
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def test_warmup_in_the_background_returns_at_once_and_the_call_then_works(
             """
             import os, time
             import casaguard
-            from casaguard import _template
+            from casaguard.sandbox import template as _template
             started = time.monotonic()
             casaguard.warmup(wait=False)
             elapsed = round(time.monotonic() - started, 3)
@@ -212,7 +212,7 @@ def test_map_task_installs_the_warmup_plugin_on_dask_workers(
     """After map_task on a LocalCluster every worker carries casaguard's plugin and a template."""
     import distributed
 
-    from casaguard import engines
+    from casaguard.batch import engines
 
     with (
         distributed.LocalCluster(

@@ -124,7 +124,9 @@ def test_prediction_matches_reality_without_root_powers(
     if code is not None:
         assert code in out["codes"], out
     else:
-        assert not [c for c in out["codes"] if casaguard.findings.CODES[c].severity == "fatal"], out
+        assert not [
+            c for c in out["codes"] if casaguard.preflight.findings.CODES[c].severity == "fatal"
+        ], out
     if variant == "foreign_table_dat":
         # The field report's exact error, predicted before CASA ran.
         assert "Please make sure MS is writable" in (out.get("ft_casa_error") or ""), out

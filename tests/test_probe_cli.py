@@ -17,9 +17,12 @@ import structlog
 from probe_variants import Variants, remove_scratch_columns
 
 import casaguard
-from casaguard import access, cli, doctor, probe_host
-from casaguard.cli_probe import exit_code
-from casaguard.findings import CODES
+from casaguard.cli import main as cli
+from casaguard.cli.probe import exit_code
+from casaguard.ms import access
+from casaguard.preflight import doctor
+from casaguard.preflight import host as probe_host
+from casaguard.preflight.findings import CODES
 
 PROBE_DOC = Path(__file__).resolve().parent.parent / "docs" / "probe.md"
 
@@ -32,7 +35,7 @@ def variants(ms_factory: Any) -> Variants:
 
 @pytest.fixture
 def main() -> Any:
-    """``casaguard.cli.main`` in-process; structlog's global config is reset afterwards."""
+    """``casaguard.cli.main.main`` in-process; structlog's global config is reset afterwards."""
     yield cli.main
     # cli.main configures structlog to print to the (captured, soon closed) stderr.
     structlog.reset_defaults()
@@ -41,7 +44,7 @@ def main() -> Any:
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the real command line in a fresh interpreter (tracebacks would show on stderr)."""
     return subprocess.run(
-        [sys.executable, "-m", "casaguard.cli", *args],
+        [sys.executable, "-m", "casaguard.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -136,7 +139,8 @@ class _Tty(io.StringIO):
 
 def test_progress_bar_only_on_a_terminal(variants: Variants, tmp_path: Path) -> None:
     """Many MSs draw the shared batch progress bar on a terminal, and nothing on a pipe."""
-    from casaguard import batch, cli_batch
+    from casaguard.batch import mapping as batch
+    from casaguard.cli import batch as cli_batch
 
     paths = [variants.clean(tmp_path / f"m{i}.ms") for i in range(2)]
     tty, pipe = _Tty(), io.StringIO()
@@ -185,7 +189,7 @@ def test_clash_risk_rule() -> None:
 def test_caller_with_casa_loaded_is_warned() -> None:
     """A calling process that already holds casacore gets a CALLER_HAS_CASA warning."""
     code = (
-        "import casacore.tables, casaguard.doctor as d;"
+        "import casacore.tables, casaguard.preflight.doctor as d;"
         "print([f.code for f in d.environment_findings(d.environment())])"
     )
     result = subprocess.run(

@@ -16,7 +16,7 @@ from next_reader import assert_casa_can_use
 from probe_variants import Variants
 
 import casaguard
-from casaguard.findings import MsUnsafe
+from casaguard.preflight.findings import MsUnsafe
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +76,7 @@ def test_cli_probe_first_reports_the_skip_and_exits_1(
     safe = variants.clean(tmp_path / "clean.ms")
     unsafe = variants.spw_zero_rows(tmp_path / "zero.ms")
     result = subprocess.run(
-        [sys.executable, "-m", "casaguard.cli", "run", "ft", "--vis", str(safe), str(unsafe),
+        [sys.executable, "-m", "casaguard.cli.main", "run", "ft", "--vis", str(safe), str(unsafe),
          "--param", f"complist={complist}", "--param", "usescratch=true", "--probe-first",
          "--json"],
         capture_output=True, text=True, timeout=600, check=False,

@@ -1,6 +1,6 @@
 """Unit tests of the pure probe rules on facts recorded from real static-child runs.
 
-The facts under tests/data/probe_facts/ are what ``casaguard._incasacore.static`` read
+The facts under tests/data/probe_facts/ are what ``casaguard.remote.casacore.static`` read
 on real MS variants (tests/data/probe_facts/record_facts.py says how they were made);
 no casacore and no child runs here. Where a test derives facts from a recording, the
 change is the one a real variant makes (the recordings show both sides).
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from casaguard import probe_rules
-from casaguard.findings import CODES, Finding, ProbeReport
+from casaguard.preflight import rules as probe_rules
+from casaguard.preflight.findings import CODES, Finding, ProbeReport
 
 FACTS = Path(__file__).parent / "data" / "probe_facts"
 MS = "<TMP>/variant.ms"

@@ -21,8 +21,8 @@ from conftest import DROP_ROOT_POWERS
 from probe_variants import Builder, Variants, real_verdict, reality
 
 import casaguard
-from casaguard.cli_probe import EXIT_UNSAFE, exit_code
-from casaguard.findings import CODES
+from casaguard.cli.probe import EXIT_UNSAFE, exit_code
+from casaguard.preflight.findings import CODES
 
 # variant, verdict measured with real CASA, the finding that must explain it (None: no
 # fatal or warn finding at all -- a false alarm would be one).
@@ -146,7 +146,7 @@ def test_keyword_missing_says_the_directory_is_there(variants: Variants, tmp_pat
 
 def test_lock_sync_data_is_read_from_a_real_table_lock(ms: Path) -> None:
     """The sync data casacore left in a simulated MS's table.lock: its rows and columns."""
-    from casaguard._incasacore.static import read_lock_sync
+    from casaguard.remote.casacore.static import read_lock_sync
 
     sync = read_lock_sync(str(ms))
     assert sync is not None and sync["nrrow"] == 168
@@ -167,7 +167,7 @@ def test_keyword_elsewhere_records_the_path_relative_to_the_ms(
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "casaguard.cli", *args],
+        [sys.executable, "-m", "casaguard.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=300,

@@ -27,7 +27,7 @@ from casaguard import testing
 USER_TESTS = """
 import pytest
 
-from casaguard import crashers
+from casaguard.corpus import crashers
 
 
 @pytest.mark.casaguard(expect="double-free", timeout=60, casa=False)

@@ -17,7 +17,7 @@ def casaguard_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str
     """Run the casaguard CLI in a subprocess, with crash evidence under tmp_path."""
     env = {**os.environ, "CASAGUARD_CRASH_DIR": str(tmp_path / "crashes")}
     return subprocess.run(
-        [sys.executable, "-m", "casaguard.cli", *args],
+        [sys.executable, "-m", "casaguard.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=600,

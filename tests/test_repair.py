@@ -29,7 +29,8 @@ from next_reader import assert_casa_can_use
 from probe_variants import WSCLEAN, Variants, remove_scratch_columns
 
 import casaguard
-from casaguard import journal, repair_journal
+from casaguard.journal import hook as journal
+from casaguard.repairs import journal as repair_journal
 
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -89,7 +90,7 @@ def _cli(
     args: list[str], *, prefix: list[str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "casaguard.cli", *args],
+        [*(prefix or []), sys.executable, "-m", "casaguard.cli.main", *args],
         capture_output=True, text=True, timeout=900, cwd=cwd, check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )  # fmt: skip
@@ -308,8 +309,8 @@ def test_fixed_shape_corrected_data_is_removed_and_clearcal_recreates_it(
 def test_every_fatal_code_has_a_fix_or_says_why_not_in_code_and_docs() -> None:
     """Every fatal probe code that is not bad input has a fix or a "no fix" reason with the
     human step in the planner, and docs/repair.md names it."""
-    from casaguard.findings import CODES
-    from casaguard.repair_ms import FIXES, NO_FIX
+    from casaguard.preflight.findings import CODES
+    from casaguard.repairs.report import FIXES, NO_FIX
 
     docs = (Path(__file__).parents[1] / "docs" / "repair.md").read_text()
     fatal = [c for c, i in CODES.items() if i.severity == "fatal" and i.group != "input"]
@@ -679,7 +680,7 @@ sha() { (cd "$MNT/obs.ms" && find . -type f ! -name .casaguard-writer.lock -exec
          | sort); }
 sha > "$OUT/before"
 set +e
-"$PY" -m casaguard.cli repair --apply --no-verify --json "$MNT/obs.ms" > "$OUT/report"
+"$PY" -m casaguard.cli.main repair --apply --no-verify --json "$MNT/obs.ms" > "$OUT/report"
 echo $? > "$OUT/rc"
 set -e
 sha > "$OUT/after"

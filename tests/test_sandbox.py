@@ -14,8 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard import crashers
-from casaguard.crashers import CRASHERS
+from casaguard.corpus import crashers
+from casaguard.corpus.crashers import CRASHERS
 from casaguard.errors import EXCEPTION_FOR_KIND
 
 MODES = ["spawn", "template"]
@@ -153,7 +153,7 @@ def test_ctrl_c_in_the_parent_kills_the_child(tmp_path: Path) -> None:
     proc = _run_parent(
         """
         import sys, casaguard
-        from casaguard import crashers
+        from casaguard.corpus import crashers
         import structlog, json
         def report(logger, name, event):
             if event["event"] == "task_started":
@@ -183,7 +183,7 @@ def test_parent_killed_hard_takes_the_child_along(tmp_path: Path) -> None:
     proc = _run_parent(
         """
         import casaguard, structlog
-        from casaguard import crashers
+        from casaguard.corpus import crashers
         def report(logger, name, event):
             if event["event"] == "task_started":
                 print(event["pid"], flush=True)

@@ -23,8 +23,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from casaguard import _template, casaenv, crashdir
+from casaguard import casaenv
+from casaguard.crash import evidence as crashdir
 from casaguard.errors import SetupError
+from casaguard.sandbox import template as _template
 from tests.conftest import DROP_ROOT_POWERS
 
 ATTACKER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -275,7 +277,7 @@ def test_no_network_listener_in_template_or_child(
 def _crash_once() -> None:
     """One real guarded crash (SIGSEGV in the child), so the runner keeps evidence."""
     import casaguard
-    from casaguard import crashers
+    from casaguard.corpus import crashers
     from casaguard.errors import Segfault
 
     with pytest.raises(Segfault):

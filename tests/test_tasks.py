@@ -16,8 +16,8 @@ import pytest
 from conftest import DROP_ROOT_POWERS, casa_script, casacore_script
 
 import casaguard
-from casaguard._job import Ref
-from casaguard.corpus import casacore_clash_dir
+from casaguard.corpus.reproducers import casacore_clash_dir
+from casaguard.sandbox.jobdir import Ref
 
 FT_WRITABLE_ERROR = "Please make sure MS is writable when using Imager::ft"
 
@@ -30,7 +30,7 @@ def _casaguard_params(func: object) -> list[tuple[str, object]]:
 @pytest.mark.parametrize("name", ["ft", "clearcal"])
 def test_parameters_match_casatasks(name: str) -> None:
     """casaguard.ft / clearcal take casatasks' own parameters, in order, with the same defaults."""
-    real = casaguard.call(Ref("casaguard._incasa.tasks", "task_parameters"), name)
+    real = casaguard.call(Ref("casaguard.remote.casa.tasks", "task_parameters"), name)
     assert _casaguard_params(getattr(casaguard, name)) == real
 
 
@@ -48,7 +48,7 @@ def test_guarded_ft_writes_what_in_process_ft_writes(
         """
     )
     assert result.returncode == 0, result.stderr
-    read = Ref("casaguard._incasa.inspect_ms", "read_column")
+    read = Ref("casaguard.remote.casa.inspect_ms", "read_column")
     guarded = casaguard.call(read, str(ms), "MODEL_DATA")
     in_process = casaguard.call(read, str(reference), "MODEL_DATA")
     assert guarded.shape == in_process.shape == (4, 8, 168)
@@ -130,7 +130,7 @@ def test_field_report_sequence_casa_error_then_heap_abort(
     facts = _run_unprivileged(
         f"""
         import json, casaguard
-        from casaguard import crashers
+        from casaguard.corpus import crashers
 
         def ft_then_abort(vis, cl):
             import casatasks

@@ -16,7 +16,9 @@ import pytest
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard import _job, _template, runner
+from casaguard.sandbox import jobdir as _job
+from casaguard.sandbox import runner
+from casaguard.sandbox import template as _template
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
 
 def _touch_heap(previous_key: str) -> object:
     """Return what an earlier call left in this process's module state, then leave a mark."""
-    from casaguard import _child
+    from casaguard.sandbox import child as _child
 
     seen = getattr(_child, previous_key, None)
     setattr(_child, previous_key, os.getpid())
@@ -72,7 +74,7 @@ def test_concurrent_calls_from_threads_get_their_own_outcome(template: int, no_l
     """Calls from 4 threads share one template; each gets its own fork's value or crash."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from casaguard import crashers
+    from casaguard.corpus import crashers
 
     def one(i: int) -> str:
         if i % 3 == 0:
@@ -117,7 +119,7 @@ def test_restarts_after_the_template_is_killed(template: int, no_leaks: None) ->
 
 def test_a_fork_killed_with_its_template_reports_sigkill(template: int, no_leaks: None) -> None:
     """If the template dies mid-call, the running fork dies with it and the call raises Killed."""
-    from casaguard import crashers
+    from casaguard.corpus import crashers
 
     with capture_logs() as events:
         proc = subprocess.Popen(  # kills the template once the call has started
@@ -275,10 +277,10 @@ def test_no_orphans_after_the_parent_is_killed(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import casaguard, structlog
-            from casaguard import crashers
+            from casaguard.corpus import crashers
             def report(logger, name, event):
                 if event["event"] == "task_started":
-                    print(event["pid"], casaguard._template.template_pid(), flush=True)
+                    print(event["pid"], casaguard.sandbox.template.template_pid(), flush=True)
                 raise structlog.DropEvent
             structlog.configure(processors=[report])
             casaguard.call(crashers.hang, casa=False, mode="template")

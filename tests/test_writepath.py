@@ -29,9 +29,12 @@ from next_reader import assert_casa_can_use
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard import _job, _template, runner, task_params
-from casaguard._job import Ref
+from casaguard.api import params as task_params
 from casaguard.errors import SELF_LOCKED_MESSAGE, CasaTaskError
+from casaguard.sandbox import jobdir as _job
+from casaguard.sandbox import runner
+from casaguard.sandbox import template as _template
+from casaguard.sandbox.jobdir import Ref
 
 CLI = str(Path(sys.executable).parent / "casaguard")
 UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -166,7 +169,7 @@ def test_lock_taken_after_the_child_started_is_locked_not_a_signal(
 
 def test_parent_reads_the_same_signatures_as_casatasks_in_a_child() -> None:
     """The ast reading of casatasks' source gives inspect.signature's names for every task."""
-    real = casaguard.call(Ref("casaguard._incasa.tasks", "all_task_parameter_names"))
+    real = casaguard.call(Ref("casaguard.remote.casa.tasks", "all_task_parameter_names"))
     modules = task_params.task_modules()
     assert modules is not None and set(modules) == set(real)
     assert {"ft", "clearcal", "flagdata"} <= set(real)
@@ -436,7 +439,7 @@ def test_except_valueerror_catches_a_missing_complist_from_guarded_ft(
 def test_crashes_stay_casacrash_and_are_no_builtin_error(no_leaks: None) -> None:
     """A heap abort is a HeapCorruption, and not a RuntimeError that `except` would mistake."""
     with pytest.raises(casaguard.HeapCorruption) as caught:
-        casaguard.call(Ref("casaguard.crashers", "double_free_out"), casa=False)
+        casaguard.call(Ref("casaguard.corpus.crashers", "double_free_out"), casa=False)
     assert not isinstance(caught.value, (RuntimeError, ValueError, AssertionError))
 
 
@@ -445,7 +448,8 @@ def test_crashes_stay_casacrash_and_are_no_builtin_error(no_leaks: None) -> None
 HALF_WRITE_CALLER = """
 import os, signal, sys, time
 import casaguard
-from casaguard import journal, runner
+from casaguard.journal import hook as journal
+from casaguard.sandbox import runner
 
 vis, marker, app_handler = sys.argv[1], sys.argv[2], sys.argv[3] == "app"
 signal.signal(signal.SIGHUP, signal.SIG_DFL)  # even if the test runs under nohup
@@ -615,7 +619,7 @@ def test_job_dirs_of_a_killed_caller_are_removed_by_the_next_process(
 
 BATCH_CALLER = """
 import casaguard
-from casaguard import crashers
+from casaguard.corpus import crashers
 casaguard.map_call(crashers.hang, [120.0, 120.0], casa=False, jobs=2)
 """
 

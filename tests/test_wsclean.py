@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 import casaguard
-from casaguard import command
-from casaguard._job import Ref
 from casaguard.errors import EXCEPTION_FOR_KIND
+from casaguard.sandbox import command
+from casaguard.sandbox.jobdir import Ref
 
 IMAGING = ["-size", "64", "64", "-scale", "20asec"]
 
@@ -19,7 +19,10 @@ IMAGING = ["-size", "64", "64", "-scale", "20asec"]
 def model_summary(vis: Path) -> dict[str, Any]:
     """Shape and amplitude of MODEL_DATA, read in a sandbox child."""
     summary: dict[str, Any] = casaguard.call(
-        Ref("casaguard._incasa.inspect_ms", "column_summary"), str(vis), "MODEL_DATA", timeout=120
+        Ref("casaguard.remote.casa.inspect_ms", "column_summary"),
+        str(vis),
+        "MODEL_DATA",
+        timeout=120,
     )
     return summary
 
@@ -73,7 +76,7 @@ def test_wsclean_heap_crash_becomes_an_exception(
 ) -> None:
     """WSClean 3.1 creating MODEL_DATA on an MS with 4- and 16-channel spws dies; we get a crash."""
     vis = ms_factory(tmp_path / "mixed.ms", nchan=(4, 16))
-    casaguard.call(Ref("casaguard._incasa.surgery", "remove_model_data"), str(vis), timeout=120)
+    casaguard.call(Ref("casaguard.remote.casa.surgery", "remove_model_data"), str(vis), timeout=120)
     args = ["-j", "1", *IMAGING, "-niter", "20", "-mgain", "0.8", "-name", str(tmp_path / "m")]
     with pytest.raises((casaguard.Segfault, casaguard.HeapCorruption)) as caught:
         casaguard.wsclean([*args, str(vis)], timeout=300)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from casaguard import corpus
+from casaguard.corpus import reproducers as corpus
 
 HERE = Path(__file__).parent / "stderr"
 RECORDED = (

@@ -3,7 +3,7 @@
 Run: python tests/data/record_stderr.py   (writes tests/data/stderr/<name>.txt and .status)
 Each file is what glibc / libstdc++ / libc++abi / tcmalloc / faulthandler really printed on
 this machine; ``musl_double_free`` is the musl-gcc-built program of
-``casaguard.crashers.MUSL_DOUBLE_FREE_C``.
+``casaguard.corpus.crashers.MUSL_DOUBLE_FREE_C``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from casaguard import crashers
-from casaguard.crashers import CRASHERS
+from casaguard.corpus import crashers
+from casaguard.corpus.crashers import CRASHERS
 
 HERE = Path(__file__).parent / "stderr"
 
@@ -28,7 +28,7 @@ def main() -> None:
                 "-X",
                 "faulthandler",
                 "-c",
-                f"import casaguard.crashers as c; c.{name}()",
+                f"import casaguard.corpus.crashers as c; c.{name}()",
             ],
             capture_output=True,
             env={"LIBC_FATAL_STDERR_": "1", "PATH": "/usr/bin:/bin"},

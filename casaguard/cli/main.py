@@ -1,0 +1,259 @@
+"""The ``casaguard`` command line. The only module that configures logging.
+
+Exit codes: 0 success, 1 a guarded task failed (or an MS is unsafe: a task
+refused because of a pending journal, as ``probe`` calls it unsafe), 2 bad
+input or a failure of casaguard itself, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import casaguard
+from casaguard.cli import output as cli_output
+from casaguard.cli.options import add_task_options
+from casaguard.errors import CasaCrash, CasaguardError, InvalidInput, JournalError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def configure_logging(verbosity: int, *, json_logs: bool = False, plain: bool = False) -> None:
+    """Send casaguard's events to stderr (WARNING by default, -v for INFO); see cli_output."""
+    cli_output.configure(verbosity, json_logs=json_logs, plain=plain)
+
+
+def _add_journal_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        help="no safety copy and no pre-flight checks: a crash mid-write is not undone",
+    )
+
+
+def _task_outcome(args: argparse.Namespace, run: Callable[[], Any]) -> int:
+    try:
+        result = run()
+    except CasaCrash as error:
+        if args.json:
+            print(json.dumps({"ok": False, **error.facts()}, default=str))
+        else:
+            print(f"casaguard: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except JournalError as error:
+        # A pending journal (or a restore that failed): the MS is unsafe, as probe says.
+        if args.json:
+            print(json.dumps({"ok": False, "error": "JournalError", "message": str(error)}))
+        else:
+            print(f"casaguard: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"ok": True, "result": result}, default=str))
+    elif result is not None:
+        print(result)
+    return EXIT_OK
+
+
+def _cmd_ft(args: argparse.Namespace) -> int:
+    return _task_outcome(
+        args,
+        lambda: casaguard.ft(
+            vis=args.vis,
+            field=args.field,
+            spw=args.spw,
+            model=args.model or "",
+            nterms=args.nterms,
+            reffreq=args.reffreq,
+            complist=args.complist,
+            incremental=args.incremental,
+            usescratch=args.usescratch,
+            timeout=args.timeout,
+            lock_timeout=args.lock_timeout,
+            strict=args.strict,
+            mode=args.mode,
+            journal=args.journal,
+        ),
+    )
+
+
+def _cmd_clearcal(args: argparse.Namespace) -> int:
+    return _task_outcome(
+        args,
+        lambda: casaguard.clearcal(
+            vis=args.vis,
+            field=args.field,
+            spw=args.spw,
+            intent=args.intent,
+            addmodel=args.addmodel,
+            timeout=args.timeout,
+            lock_timeout=args.lock_timeout,
+            strict=args.strict,
+            mode=args.mode,
+            journal=args.journal,
+        ),
+    )
+
+
+def _cmd_task(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"parameter {item!r} is not KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return _task_outcome(
+        args,
+        lambda: casaguard.run_task(
+            args.name,
+            timeout=args.timeout,
+            lock_timeout=args.lock_timeout,
+            strict=args.strict,
+            mode=args.mode,
+            writes=args.writes.split(",") if args.writes else None,
+            journal=args.journal,
+            **params,
+        ),
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from casaguard.cli.demo import run_demo
+
+    return run_demo(args.dir, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casaguard",
+        description=(
+            "Call CASA safely: every task runs in a sandbox child process, and a crash "
+            "(double free, segfault, C++ terminate, hang...) becomes a classified error "
+            "instead of taking your pipeline down."
+        ),
+        epilog="Exit codes: 0 ok, 1 task failed / MS unsafe, 2 bad input, 130 interrupted.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log events (-v, -vv)"
+    )
+    parser.add_argument(
+        "--log-json", action="store_true", help="log events as JSON lines on stderr"
+    )
+    parser.add_argument("--version", action="version", version=f"casaguard {casaguard.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="simulate a small MS and run the guarded workflow on it (no data needed)",
+        description="Simulate a small MS, run guarded CASA tasks on it, show a classified crash.",
+    )
+    demo.add_argument(
+        "--dir",
+        default="casaguard-demo",
+        help="where to write the demo MS (default ./casaguard-demo)",
+    )
+    demo.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
+    demo.set_defaults(handler=_cmd_demo)
+
+    ft = commands.add_parser("ft", help="guarded casatasks.ft", description="Guarded casatasks.ft.")
+    ft.add_argument("vis", help="the Measurement Set")
+    ft.add_argument("--field", default="", help="field selection, e.g. 0 or 3C286 (default: all)")
+    ft.add_argument("--spw", default="", help="spectral window selection, e.g. 0:2~5 (default all)")
+    ft.add_argument("--model", action="append", help="model image (repeat for Taylor terms)")
+    ft.add_argument(
+        "--nterms", type=int, default=1, help="Taylor terms of the model images (default 1)"
+    )
+    ft.add_argument(
+        "--reffreq", default="", help="reference frequency of the Taylor terms, e.g. 1.4GHz"
+    )
+    ft.add_argument("--complist", default="", help="component list to transform (a .cl table)")
+    ft.add_argument(
+        "--incremental", action="store_true", help="add to the existing model instead of replacing"
+    )
+    ft.add_argument("--usescratch", action="store_true", help="write the MODEL_DATA column")
+    add_task_options(ft, json_help="print the outcome as JSON")
+    _add_journal_option(ft)
+    ft.set_defaults(handler=_cmd_ft)
+
+    clearcal = commands.add_parser(
+        "clearcal", help="guarded casatasks.clearcal", description="Guarded casatasks.clearcal."
+    )
+    clearcal.add_argument("vis", help="the Measurement Set")
+    clearcal.add_argument("--field", default="", help="field selection (default: all)")
+    clearcal.add_argument("--spw", default="", help="spectral window selection (default: all)")
+    clearcal.add_argument("--intent", default="", help="scan intent selection (default: all)")
+    clearcal.add_argument(
+        "--addmodel", action="store_true", help="also reset MODEL_DATA (creating it if missing)"
+    )
+    add_task_options(clearcal, json_help="print the outcome as JSON")
+    _add_journal_option(clearcal)
+    clearcal.set_defaults(handler=_cmd_clearcal)
+
+    task = commands.add_parser(
+        "task",
+        help="run any casatask by name, guarded",
+        description="Run casatasks.NAME(**params) in a sandbox child. Values: JSON, else strings.",
+    )
+    task.add_argument("name", help="casatask name, e.g. flagdata")
+    task.add_argument("param", nargs="*", help="KEY=VALUE parameters, e.g. vis=my.ms mode=summary")
+    task.add_argument(
+        "--writes",
+        default=None,
+        help="comma-separated columns/subtables of vis the task changes (journaled): FLAG,FLAG_ROW",
+    )
+    add_task_options(task, json_help="print the outcome as JSON")
+    _add_journal_option(task)
+    task.set_defaults(handler=_cmd_task)
+
+    for register in _feature_commands():
+        register(commands)
+    return parser
+
+
+def _feature_commands() -> list[Callable[[Any], None]]:
+    """Sub-commands owned by feature modules (each module has ``register(commands)``)."""
+    from casaguard.cli import batch as cli_batch
+    from casaguard.cli import journal as cli_journal
+    from casaguard.cli import probe as cli_probe
+    from casaguard.cli import regress as cli_regress
+    from casaguard.cli import repair as cli_repair
+
+    return [
+        cli_regress.register,
+        cli_batch.register,
+        cli_probe.register,
+        cli_journal.register,
+        cli_repair.register,
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(
+        args.verbose, json_logs=args.log_json, plain=bool(getattr(args, "json", False))
+    )
+    try:
+        code: int = args.handler(args)
+        return code
+    except KeyboardInterrupt:
+        print("casaguard: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except CasaguardError as error:
+        print(f"casaguard: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Real crash reproducers (``reproducers``, ``crashers``) and simulated MSs (``simulate``)."""

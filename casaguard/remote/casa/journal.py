@@ -1,0 +1,103 @@
+"""Child side of the journal: map the declared writes to files with casacore, snapshot, run.
+
+Runs in the CASA child, which already has casatools loaded, so finding which
+storage-manager files hold a column costs one table open. See
+``casaguard.journal.hook`` for what is copied and why.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import casatools
+
+from casaguard.errors import InvalidInput
+from casaguard.journal import hook as journal
+
+#: Columns whose size, when the task creates them, is about that of DATA.
+_DATA_LIKE = ("MODEL_DATA", "CORRECTED_DATA", "DATA")
+
+
+def run_journaled(
+    journal_dir: str,
+    vis: str,
+    writes: Sequence[str],
+    task: str,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Snapshot what ``writes`` names in ``vis`` into ``journal_dir``, then run ``func``.
+
+    Raises:
+        InvalidInput: not enough free space, or a table the journal cannot cover.
+    """
+    started = time.monotonic()
+    files, subtables, growth = plan(vis, writes, task=task)
+    journal.take_snapshot(
+        journal_dir,
+        vis,
+        task=task,
+        files=files,
+        subtables=subtables,
+        growth_bytes=growth,
+        extra={"plan_s": round(time.monotonic() - started, 4)},
+    )
+    return func(*args, **kwargs)
+
+
+def plan(vis: str, writes: Sequence[str], *, task: str) -> tuple[list[str], list[str], int]:
+    """Return (main-table files, subtable names, bytes the task may add) for ``writes``."""
+    tb = casatools.table()
+    tb.open(vis, nomodify=True)
+    try:
+        dminfo = tb.getdminfo()
+        keywords = tb.getkeywords()
+    finally:
+        tb.close()
+    subtable_dirs = {
+        name: _subtable_dir(vis, value)
+        for name, value in keywords.items()
+        if isinstance(value, str) and value.startswith("Table: ")
+    }
+    if not dminfo:
+        raise InvalidInput(journal.REFERENCE_TABLE_MESSAGE.format(task=task, vis=vis))
+    names = os.listdir(vis)
+    seqnr_of = {
+        column: int(manager["SEQNR"])
+        for manager in dminfo.values()
+        for column in manager["COLUMNS"]
+    }
+    files = list(journal.ALWAYS_FILES)
+    subtables: list[str] = []
+    growth = 0
+    data_column = next((c for c in ("DATA", "FLOAT_DATA") if c in seqnr_of), None)
+    for name in writes:
+        if name in seqnr_of:
+            files += journal.files_of_data_manager(names, seqnr_of[name])
+        elif name in subtable_dirs:
+            where = subtable_dirs[name]
+            if where is not None:  # a subtable outside the MS is not ours to copy
+                subtables.append(where)
+        elif name in _DATA_LIKE and data_column is not None:
+            # A column the task will create: it grows the MS by about DATA's size.
+            # (Anything else the task creates is found and removed at restore.)
+            growth += sum(
+                os.path.getsize(os.path.join(vis, f))
+                for f in journal.files_of_data_manager(names, seqnr_of[data_column])
+            )
+    return list(dict.fromkeys(files)), list(dict.fromkeys(subtables)), growth
+
+
+def _subtable_dir(vis: str, keyword: str) -> str | None:
+    """The subtable's directory relative to ``vis``, or None if it lies outside the MS."""
+    target = Path(keyword.removeprefix("Table: ")).resolve()
+    root = Path(vis).resolve()
+    try:
+        return str(target.relative_to(root))
+    except ValueError:
+        return None
