@@ -43,7 +43,7 @@ import pytest
 
 from casaguard.crash.outcome import Outcome, capture, crash_report, run_sandboxed
 from casaguard.errors import EXCEPTION_FOR_KIND, CasaCrash
-from casaguard.sandbox import runner
+from casaguard.sandbox import callspec, runner
 
 MARKER = "casaguard"
 REPORT_SECTION = "casaguard"
@@ -88,7 +88,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     _check_picklable(kwargs)
     outcome = capture(
         runner.run,
-        runner.CallSpec(
+        callspec.CallSpec(
             func=by_value(function),
             kwargs=kwargs,
             name=pyfuncitem.name,

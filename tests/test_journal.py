@@ -31,7 +31,7 @@ from structlog.testing import capture_logs
 import casaguard
 from casaguard.journal import hook as journal
 from casaguard.ms import locks
-from casaguard.sandbox import runner
+from casaguard.sandbox import callspec, runner
 from casaguard.sandbox.jobdir import Ref
 
 #: ~100k rows: 8 antennas (28 baselines) x 3572 integrations.
@@ -266,7 +266,7 @@ def test_sigkill_at_random_moments_never_leaves_a_mix(kill_ms: BigMs, record_pro
 
 
 def _write_then_crash(vis: Path, *, journaled: bool) -> casaguard.CasaCrash:
-    spec = runner.CallSpec(
+    spec = callspec.CallSpec(
         func=Ref("casaguard.remote.casa.crash_write", "write_then_double_free"),
         args=(str(vis), "MODEL_DATA", 0.5),
         name="write_then_double_free",
@@ -330,7 +330,7 @@ def test_columns_created_before_a_crash_are_removed(
     before = _tree(ms)
     if task == "ft":
         params = {**params, "complist": str(complist)}
-    spec = runner.CallSpec(
+    spec = callspec.CallSpec(
         func=Ref("casaguard.remote.casa.crash_write", "task_then_double_free"),
         args=(task, {"vis": str(ms), **params}),
         name=task,
@@ -649,7 +649,7 @@ def test_two_guarded_writes_to_one_ms_never_interleave(
     for trial in range(2):
         vis = ms_factory(tmp_path / f"trial{trial}.ms")
         crash_spec = journal.journaled(
-            runner.CallSpec(
+            callspec.CallSpec(
                 func=Ref("casaguard.remote.casa.crash_write", "write_then_double_free"),
                 args=(str(vis), "MODEL_DATA", 0.5),
                 name="write_then_double_free",
@@ -661,7 +661,7 @@ def test_two_guarded_writes_to_one_ms_never_interleave(
         start = threading.Barrier(2)
 
         def crash(
-            spec: runner.CallSpec = crash_spec,
+            spec: callspec.CallSpec = crash_spec,
             errors: list[BaseException] = errors,
             start: threading.Barrier = start,
         ) -> None:

@@ -275,7 +275,7 @@ stats = os.statvfs(vis)
 # Leave 256 kB: the write in place fits, a restoring copy of MODEL_DATA's tiles does not.
 subprocess.run(["fallocate", "-l", str(stats.f_bavail * stats.f_frsize - 262144), str(filler)],
                check=True)
-spec = runner.CallSpec(
+spec = callspec.CallSpec(
     func=Ref("casaguard.remote.casa.crash_write", "write_then_double_free"),
     args=(str(vis), "MODEL_DATA", 0.5), name="write_then_double_free", vis=str(vis))
 facts = {}

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 import casaguard
 from casaguard.sandbox import jobdir as _job
-from casaguard.sandbox import runner
+from casaguard.sandbox import spawn
 from casaguard.sandbox import template as _template
 
 
@@ -252,7 +252,7 @@ def test_mode_template_raises_when_the_template_cannot_start(broken_casa_config:
 
 def test_unresponsive_fork_is_killed_and_the_call_spawned(template: int, no_leaks: None) -> None:
     """A fork stuck before its handshake (blocked opening a FIFO) is killed; the call is spawned."""
-    launcher = _template.launcher(fallback=runner.SpawnLauncher(), required=True)
+    launcher = _template.launcher(fallback=spawn.SpawnLauncher(), required=True)
     with _job.JobDir() as job, capture_logs() as events:
         job.write_request(_job.Request(func=os.getpid, setup_casa_log=False))
         # Opening a FIFO for writing blocks until a reader comes: the fork never says alive.

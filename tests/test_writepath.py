@@ -32,7 +32,7 @@ import casaguard
 from casaguard.api import params as task_params
 from casaguard.errors import SELF_LOCKED_MESSAGE, CasaTaskError
 from casaguard.sandbox import jobdir as _job
-from casaguard.sandbox import runner
+from casaguard.sandbox import signals
 from casaguard.sandbox import template as _template
 from casaguard.sandbox.jobdir import Ref
 
@@ -471,7 +471,7 @@ def half_write(vis, marker):
         handle.write(str(os.getpid()))
     time.sleep(120)
 
-spec = runner.CallSpec(func=half_write, args=(vis, marker), name="half_write", vis=vis,
+spec = callspec.CallSpec(func=half_write, args=(vis, marker), name="half_write", vis=vis,
                        may_write=True)
 runner.run(journal.journaled(spec, ["DATA"]))
 """
@@ -533,14 +533,14 @@ def test_signal_to_the_caller_mid_write_restores_and_cleans_up(
 
 def test_handlers_are_installed_only_during_a_call_from_the_main_thread() -> None:
     """SIGTERM/SIGHUP handlers exist only inside a call in the main thread, then are restored."""
-    with runner.signals_as_interrupts():
+    with signals.signals_as_interrupts():
         inside = signal.getsignal(signal.SIGTERM)
     assert inside is not signal.SIG_DFL
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     seen: list[Any] = []
 
     def in_thread() -> None:
-        with runner.signals_as_interrupts():
+        with signals.signals_as_interrupts():
             seen.append(signal.getsignal(signal.SIGTERM))
 
     thread = threading.Thread(target=in_thread)

@@ -43,7 +43,7 @@ from casaguard.api import params as task_params
 from casaguard.errors import InvalidInput
 from casaguard.journal import hook as _journal
 from casaguard.ms.checks import require_ms
-from casaguard.sandbox import runner
+from casaguard.sandbox import callspec, runner
 from casaguard.sandbox.jobdir import Ref
 
 #: casatasks that only read the MS: a READ lock held elsewhere does not block them.
@@ -70,7 +70,7 @@ def check_task(name: Any, params: Any, *, timeout: Any = None, lock_timeout: Any
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise InvalidInput(f"task name must be an identifier, got {name!r}")
-    runner.check_timeouts(timeout, lock_timeout)
+    callspec.check_timeouts(timeout, lock_timeout)
     task_params.check_parameters(name, params)
 
 
@@ -88,7 +88,7 @@ def run_task(
     /,
     *,
     timeout: float | None = None,
-    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    lock_timeout: float = callspec.DEFAULT_LOCK_TIMEOUT_S,
     strict: bool = True,
     mode: str | None = None,
     writes: Sequence[str] | None = None,
@@ -133,7 +133,7 @@ def run_task(
         # A writer's vis must be an MS, journal or not: a missing path is one
         # line here, not a CASA AssertionError after paying for a child.
         require_ms(params.get("vis"))
-    spec = runner.CallSpec(
+    spec = callspec.CallSpec(
         func=Ref("casaguard.remote.casa.tasks", "run_casatask"),
         args=(name, params),
         name=name,
@@ -169,7 +169,7 @@ def ft(
     usescratch: bool = False,
     *,
     timeout: float | None = None,
-    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    lock_timeout: float = callspec.DEFAULT_LOCK_TIMEOUT_S,
     strict: bool = True,
     mode: str | None = None,
     journal: bool = True,
@@ -218,7 +218,7 @@ def clearcal(
     addmodel: bool = False,
     *,
     timeout: float | None = None,
-    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    lock_timeout: float = callspec.DEFAULT_LOCK_TIMEOUT_S,
     strict: bool = True,
     mode: str | None = None,
     journal: bool = True,
@@ -292,7 +292,7 @@ def call(
     if not callable(func):
         raise InvalidInput(f"call() needs a callable, got {type(func).__name__}")
     return runner.run(
-        runner.CallSpec(
+        callspec.CallSpec(
             func=func,
             args=args,
             kwargs=kwargs,

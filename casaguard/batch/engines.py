@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from casaguard import events
 from casaguard.batch.item import ItemOutcome, execute, traceback_text
 from casaguard.errors import InvalidInput, SetupError
-from casaguard.sandbox import runner
+from casaguard.sandbox import signals
 
 if TYPE_CHECKING:
     import distributed
@@ -149,7 +149,7 @@ def _run_local(
     )
     futures: dict[concurrent.futures.Future[ItemOutcome], int] = {}
     # SIGTERM / SIGHUP reach only the main thread, like Ctrl-C: handled alike.
-    with runner.signals_as_interrupts():
+    with signals.signals_as_interrupts():
         try:
             for index, item in enumerate(items):
                 futures[pool.submit(execute, run, index, item, cancel)] = index

@@ -32,7 +32,7 @@ from casaguard.errors import (
     RemoteTraceback,
     SetupError,
 )
-from casaguard.sandbox import runner
+from casaguard.sandbox import callspec
 
 
 @dataclass
@@ -146,7 +146,7 @@ def execute(
     cannot be pickled is replaced by a plain one carrying its text.
     """
     started = time.monotonic()
-    token = runner.CANCEL.set(cancel) if cancel is not None else None
+    token = callspec.CANCEL.set(cancel) if cancel is not None else None
     try:
         value = run(item)
     except Exception as error:  # noqa: BLE001 - one item's failure is its outcome, not the batch's
@@ -162,7 +162,7 @@ def execute(
         )
     finally:
         if token is not None:
-            runner.CANCEL.reset(token)
+            callspec.CANCEL.reset(token)
     return ItemOutcome(
         index=index,
         input=item,

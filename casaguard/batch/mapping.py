@@ -36,7 +36,7 @@ from casaguard.api.tasks import call, callable_name, check_task, run_task
 from casaguard.batch.engines import Progress, run_batch
 from casaguard.batch.item import ItemOutcome
 from casaguard.errors import InvalidInput, SetupError
-from casaguard.sandbox import runner
+from casaguard.sandbox import callspec
 
 __all__ = ["ItemOutcome", "map_call", "map_probe", "map_repair", "map_task"]
 
@@ -48,7 +48,7 @@ def map_task(
     executor: Any = None,
     jobs: int | None = None,
     timeout: float | None = None,
-    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    lock_timeout: float = callspec.DEFAULT_LOCK_TIMEOUT_S,
     strict: bool = True,
     mode: str | None = None,
     progress: Progress | None = None,
@@ -242,7 +242,7 @@ class _TaskCall:
 
     name: str
     timeout: float | None = None
-    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S
+    lock_timeout: float = callspec.DEFAULT_LOCK_TIMEOUT_S
     strict: bool = True
     mode: str | None = None
     probe_first: bool = False

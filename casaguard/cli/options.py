@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from casaguard.sandbox.runner import DEFAULT_LOCK_TIMEOUT_S
+from casaguard.sandbox.callspec import DEFAULT_LOCK_TIMEOUT_S
 
 
 def add_task_options(parser: argparse.ArgumentParser, *, json_help: str) -> None:

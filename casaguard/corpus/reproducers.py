@@ -42,7 +42,7 @@ from casaguard.corpus import crashers
 from casaguard.corpus.simulate import make_point_complist, simulate_ms
 from casaguard.crash.outcome import Outcome, capture
 from casaguard.errors import InvalidInput
-from casaguard.sandbox import command, runner
+from casaguard.sandbox import callspec, command, runner, spawn
 from casaguard.sandbox.jobdir import Ref
 
 #: setpriv arguments that make root obey file modes (CASA's permission failures).
@@ -185,18 +185,18 @@ class Workspace:
         return self.root / name
 
 
-def powerless_launcher() -> runner.SpawnLauncher:
+def powerless_launcher() -> spawn.SpawnLauncher:
     """A spawn launcher whose child obeys file modes even when we run as root."""
     prefix = DROP_ROOT_POWERS if os.geteuid() == 0 else ()
-    return runner.SpawnLauncher(prefix=prefix)
+    return spawn.SpawnLauncher(prefix=prefix)
 
 
 def guarded_task(
-    task: str, vis: Path, *, launcher: runner.Launcher | None = None, **params: Any
+    task: str, vis: Path, *, launcher: callspec.Launcher | None = None, **params: Any
 ) -> Any:
     """Run a casatask guarded, optionally with a given launcher (e.g. without root powers)."""
     return runner.run(
-        runner.CallSpec(
+        callspec.CallSpec(
             func=Ref("casaguard.remote.casa.tasks", "run_casatask"),
             args=(task, {"vis": str(vis), **params}),
             name=task,
@@ -298,7 +298,7 @@ def _ft_error_then_heap_abort(workspace: Workspace) -> Any:
     vis = workspace.ms("field-report-sequence")
     (vis / "table.dat").chmod(0o444)
     return runner.run(
-        runner.CallSpec(
+        callspec.CallSpec(
             func=Ref("casaguard.remote.casa.corpus", "ft_error_then_heap_abort"),
             args=(str(vis), str(workspace.complist())),
             name="ft",

@@ -150,7 +150,7 @@ from casaguard.ms.checks import require_ms
 from casaguard.sandbox.jobdir import Ref
 
 if TYPE_CHECKING:
-    from casaguard.sandbox.runner import CallSpec
+    from casaguard.sandbox.callspec import CallSpec
 
 log = events.get_logger()
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casaguard.errors import InvalidInput
+from casaguard.sandbox import callspec, runner, spawn
 from casaguard.sandbox import jobdir as _job
-from casaguard.sandbox import runner
 
 WSCLEAN_ENV = "CASAGUARD_WSCLEAN"
 
@@ -41,7 +41,7 @@ class CommandResult:
     output_tail: str
 
 
-class CommandHandle(runner.SpawnHandle):
+class CommandHandle(spawn.SpawnHandle):
     """A started command; like a spawned child, but it never writes a reply."""
 
     mode = "command"
@@ -103,7 +103,7 @@ def run_command(
     name: str | None = None,
     timeout: float | None = None,
     vis: str | os.PathLike[str] | None = None,
-    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    lock_timeout: float = callspec.DEFAULT_LOCK_TIMEOUT_S,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
 ) -> CommandResult:
@@ -136,7 +136,7 @@ def run_command(
     argv[0] = executable
     label = name or Path(executable).name
     output = runner.run(
-        runner.CallSpec(
+        callspec.CallSpec(
             func=_never_called,
             name=label,
             setup_casa_log=False,
@@ -184,7 +184,7 @@ def wsclean(
     args: Sequence[str | os.PathLike[str]],
     *,
     timeout: float | None = None,
-    lock_timeout: float = runner.DEFAULT_LOCK_TIMEOUT_S,
+    lock_timeout: float = callspec.DEFAULT_LOCK_TIMEOUT_S,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
 ) -> CommandResult:

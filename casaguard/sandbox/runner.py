@@ -26,197 +26,44 @@ is not the task's time.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import math
 import os
 import select
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
-
-import psutil
+from typing import Any
 
 from casaguard import casaenv, events
 from casaguard.crash import classify, oom
 from casaguard.crash import evidence as crashdir
 from casaguard.errors import (
     EXCEPTION_FOR_KIND,
-    LOCK_WAIT_KILLED,
-    LOCKED_MESSAGE,
-    SELF_LOCKED_MESSAGE,
     CasaCrash,
     CasaguardError,
     ChildError,
     InvalidInput,
-    MsLocked,
     RemoteTraceback,
     SetupError,
     child_error_class,
 )
-from casaguard.ms import locks
 from casaguard.sandbox import casalog
 from casaguard.sandbox import jobdir as _job
+from casaguard.sandbox.callspec import (
+    CANCEL,
+    MODE_ENV,
+    CallSpec,
+    ChildHandle,
+    Launcher,
+    check_timeouts,
+)
+from casaguard.sandbox.lockwait import _Kill, _lock_kill_error, _lock_wait, _wait_for_lock
+from casaguard.sandbox.signals import signals_as_interrupts
+from casaguard.sandbox.spawn import SpawnLauncher
 
 log = events.get_logger()
 
-DEFAULT_LOCK_TIMEOUT_S = 60.0
-KILL_GRACE_S = 2.0
 _POLL_S = 0.25
-MODE_ENV = "CASAGUARD_MODE"
 #: The child's reply type for "CASA could not start" (``casaguard.sandbox.child.SETUP_ERROR_TYPE``).
 _SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
-
-#: Set by a batch engine (``casaguard.batch.mapping``) in the thread that drives a call:
-#: once the event is set, the call kills its child tree and raises
-#: KeyboardInterrupt, as on Ctrl-C. Only the main thread ever sees a real Ctrl-C.
-CANCEL: ContextVar[threading.Event | None] = ContextVar("casaguard_cancel", default=None)
-
-
-@dataclass
-class CallSpec:
-    """One guarded call.
-
-    Attributes:
-        func: callable run in the child; args / kwargs its arguments.
-        name: task name (``ft``) or callable name, for messages and logs.
-        is_casa_task: exceptions are CASA errors, and SEVERE lines count.
-        setup_casa_log: import casatools in the child and capture the CASA log.
-        vis: the MS the call uses, for lock checks and logs.
-        may_write: the call may write to ``vis``: a READ lock on it (or on a
-            subtable in ``written``) blocks it too, not only a WRITE lock.
-        written: subtables of ``vis`` the call writes (``SOURCE``, ``HISTORY``...).
-        timeout: seconds before the child's tree is killed (None: no limit).
-        lock_timeout: seconds to wait for another process's lock on ``vis``.
-        strict: a normal return with SEVERE lines raises CasaSevereError.
-        mode: ``"spawn"``, ``"template"`` or None (``$CASAGUARD_MODE``, then the fastest).
-        journal: callbacks around the call (see ``casaguard.journal.hook``).
-        casalog: append the call's CASA log to this file, success or failure
-            (None: ``$CASAGUARD_CASALOG``, else only a failure's log is kept; see
-            ``casaguard.sandbox.casalog``).
-        launcher: start the child with this launcher instead of ``mode``'s
-            (e.g. ``SpawnLauncher(prefix=[...setpriv...])``, or a plain command's
-            launcher from ``casaguard.sandbox.command``).
-    """
-
-    func: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    name: str = ""
-    is_casa_task: bool = False
-    setup_casa_log: bool = True
-    vis: str | None = None
-    may_write: bool = False
-    written: tuple[str, ...] = ()
-    timeout: float | None = None
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
-    strict: bool = True
-    mode: str | None = None
-    flavor: str = "casa"
-    journal: Any = None
-    casalog: str | None = None
-    launcher: Launcher | None = None
-
-
-class ChildHandle(Protocol):
-    """A started child, as a launcher hands it to the runner."""
-
-    pid: int
-    mode: str
-
-    def exit_status(self) -> int | None:
-        """Return the exit status once the child is gone (blocking briefly), else None."""
-
-    def kill_tree(self) -> None:
-        """Kill the child and every process below it, SIGTERM then SIGKILL."""
-
-
-class Launcher(Protocol):
-    mode: str
-
-    def start(self, job: _job.JobDir) -> ChildHandle:
-        """Start a child that runs ``job``'s request."""
-
-
-class SpawnHandle:
-    """A child started as a fresh interpreter (``python -m casaguard.sandbox.child``)."""
-
-    mode = "spawn"
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self.process = process
-        self.pid = process.pid
-
-    def exit_status(self) -> int | None:
-        try:
-            return self.process.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill_tree(self) -> None:
-        # The root is reaped through Popen (psutil would reap it and lose the
-        # status); its descendants go through psutil.
-        descendants = _descendants(self.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        _terminate(descendants)
-        try:
-            self.process.wait(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        _reap(descendants)
-        # The child led its own session: take any straggler of its group with it.
-        _kill_group(self.pid)
-
-
-class SpawnLauncher:
-    """Start every call in a fresh interpreter: slow (~1.2 s to import CASA), simplest.
-
-    ``prefix`` wraps the interpreter in a command that execs it (``setpriv ...``,
-    ``nice``): the child keeps its pid, so waiting and killing are unchanged.
-    """
-
-    mode = "spawn"
-
-    def __init__(self, prefix: Sequence[str] = ()) -> None:
-        self.prefix = list(prefix)
-
-    def start(self, job: _job.JobDir) -> SpawnHandle:
-        command = [*self.prefix, sys.executable]
-        if sys.version_info >= (3, 11):
-            command.append("-P")  # never put the caller's cwd on the child's sys.path
-        command += ["-m", "casaguard.sandbox.child", str(job.path), str(os.getpid())]
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=child_environment(),
-            # Own session: the terminal's Ctrl-C reaches only the parent, which
-            # then kills the child's whole group itself.
-            start_new_session=True,
-        )
-        return SpawnHandle(process)
-
-
-def child_environment() -> dict[str, str]:
-    """The environment of a CASA child: offline CASA, and the caller's import path."""
-    env = casaenv.child_environment()
-    package_root = str(Path(__file__).resolve().parent.parent)
-    paths = [package_root] + [p for p in sys.path if p and os.path.isdir(p)]
-    existing = env.get("PYTHONPATH")
-    if existing:
-        paths.append(existing)
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    return env
 
 
 def choose_launcher(mode: str | None, flavor: str = "casa") -> Launcher:
@@ -230,46 +77,13 @@ def choose_launcher(mode: str | None, flavor: str = "casa") -> Launcher:
         raise InvalidInput(f"unknown mode {chosen!r}: use 'spawn' or 'template'")
     if chosen == "spawn":
         return SpawnLauncher()
-    try:
-        template = importlib.import_module("casaguard.sandbox.template")
-    except ImportError:
-        return SpawnLauncher()
+    # Imported on first use: a caller that only ever spawns never loads the template client.
+    from casaguard.sandbox import template
+
     launcher: Launcher = template.launcher(
         fallback=SpawnLauncher(), required=chosen == "template", flavor=flavor
     )
     return launcher
-
-
-def check_timeouts(timeout: Any, lock_timeout: Any) -> None:
-    """Reject a ``timeout`` / ``lock_timeout`` that is not a positive, finite number of seconds.
-
-    Raises:
-        InvalidInput: zero, negative, NaN, infinite (``timeout`` may be None), or not a number.
-    """
-    for name, value, optional in (
-        ("timeout", timeout, True),
-        ("lock_timeout", lock_timeout, False),
-    ):
-        if value is None and optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidInput(
-                f"{name} must be a number of seconds, got {type(value).__name__} {value!r}"
-            )
-        if not math.isfinite(value) or value <= 0:
-            raise InvalidInput(
-                f"{name} must be a positive, finite number of seconds, got {value!r}"
-            )
-
-
-@dataclass
-class _Kill:
-    """Why ``_wait`` killed the child (None of these: it exited by itself)."""
-
-    timed_out: bool = False
-    lock: locks.TableConflict | None = None
-    lock_waited_s: float = 0.0
-    lock_unknown: bool = False
 
 
 def run(spec: CallSpec) -> Any:
@@ -395,24 +209,6 @@ def _wait(handle: ChildHandle, spec: CallSpec, started: float) -> tuple[int | No
     finally:
         if pidfd is not None:
             os.close(pidfd)
-
-
-def _lock_wait(handle: ChildHandle, spec: CallSpec) -> tuple[locks.TableConflict | None, bool]:
-    """Is the child waiting for a table lock? (the conflicting lock, blocked in the kernel).
-
-    casacore first polls for a lock without blocking (about 30 s, invisible to
-    the kernel), then blocks in ``fcntl``: a conflicting lock held by anyone
-    outside the child's tree counts from the first poll, so ``lock_timeout``
-    holds on both phases.
-    """
-    if not spec.vis:
-        return None, False
-    child_tree = {handle.pid, *(p.pid for p in _descendants(handle.pid))}
-    conflicts = locks.table_conflicts(
-        spec.vis, writes=spec.may_write, written=spec.written, exclude=child_tree
-    )
-    waiting = bool(child_tree & locks.waiting_pids(spec.vis, subtables=True))
-    return (conflicts[0] if conflicts else None), waiting
 
 
 def _gone(handle: ChildHandle, pidfd: int | None) -> bool:
@@ -602,221 +398,3 @@ def _original_exception(reply: _job.Reply | None) -> BaseException | None:
     except Exception:  # noqa: BLE001 - the text and traceback are still there
         return None
     return original if isinstance(original, BaseException) else None
-
-
-def _lock_kill_error(
-    spec: CallSpec, handle: ChildHandle, kill: _Kill, facts: dict[str, Any]
-) -> MsLocked:
-    """The MsLocked for a child that was killed because it waited too long for a lock."""
-    suffix = LOCK_WAIT_KILLED.format(
-        task=spec.name, child_pid=handle.pid, waited_s=kill.lock_waited_s
-    )
-    facts["signature"] = classify.signature("locked", "lock held by another process")
-    conflict = kill.lock
-    if conflict is None:
-        facts["detail"] = "blocked on a table lock whose holder is gone"
-        return MsLocked(f"{spec.vis}: a table lock blocked the call" + suffix, **facts)
-    holder = conflict.holder
-    facts["detail"] = f"{holder.describe()} on {conflict.table}"
-    if conflict.is_self:
-        message = _self_locked_message(spec, conflict)
-    else:
-        message = LOCKED_MESSAGE.format(
-            vis=conflict.table,
-            holder_pid=holder.pid,
-            holder_cmdline=holder.cmdline,
-            waited_s=kill.lock_waited_s,
-        )
-    return MsLocked(
-        message + suffix,
-        holder_pid=holder.pid,
-        holder_cmdline=holder.cmdline,
-        lock_type=holder.lock_type,
-        **facts,
-    )
-
-
-def _self_locked_message(spec: CallSpec, conflict: locks.TableConflict) -> str:
-    return SELF_LOCKED_MESSAGE.format(
-        task=spec.name or "call",
-        pid=conflict.holder.pid,
-        lock_type=conflict.holder.lock_type.upper(),
-        table=conflict.table,
-    )
-
-
-def _wait_for_lock(spec: CallSpec) -> None:
-    """Refuse at once a lock this process holds; wait up to lock_timeout for another's.
-
-    A lock held by this very process (a ``casacore.tables.table`` it still has
-    open) would block the child forever, since the caller waits for the child:
-    it is reported before any child starts.
-
-    Raises:
-        MsLocked: this process holds a conflicting lock on the MS or a subtable,
-            or another process still does after ``lock_timeout``.
-    """
-    assert spec.vis is not None
-    deadline = time.monotonic() + spec.lock_timeout
-    started = time.monotonic()
-    announced = False
-    while True:
-        conflicts = locks.table_conflicts(spec.vis, writes=spec.may_write, written=spec.written)
-        if not conflicts:
-            return
-        conflict = conflicts[0]
-        holder = conflict.holder
-        signature = classify.signature("locked", "lock held by another process")
-        if conflict.is_self:
-            raise MsLocked(
-                _self_locked_message(spec, conflict),
-                holder_pid=holder.pid,
-                holder_cmdline=holder.cmdline,
-                lock_type=holder.lock_type,
-                task=spec.name,
-                vis=spec.vis,
-                detail=f"{holder.describe()} on {conflict.table} (this process)",
-                elapsed_s=0.0,
-                signature=classify.signature("locked", "lock held by this process"),
-            )
-        if not announced:
-            log.warning(
-                "lock_wait",
-                task=spec.name,
-                vis=spec.vis,
-                table=str(conflict.table),
-                holder_pid=holder.pid,
-                holder_cmdline=holder.cmdline,
-                lock_type=holder.lock_type,
-                lock_timeout_s=spec.lock_timeout,
-            )
-            announced = True
-        if time.monotonic() >= deadline:
-            waited = time.monotonic() - started
-            raise MsLocked(
-                LOCKED_MESSAGE.format(
-                    vis=conflict.table,
-                    holder_pid=holder.pid,
-                    holder_cmdline=holder.cmdline,
-                    waited_s=waited,
-                ),
-                holder_pid=holder.pid,
-                holder_cmdline=holder.cmdline,
-                lock_type=holder.lock_type,
-                task=spec.name,
-                vis=spec.vis,
-                detail=f"{holder.describe()} on {conflict.table}",
-                elapsed_s=round(waited, 4),
-                signature=signature,
-            )
-        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-
-
-#: The signals a batch scheduler or a terminal sends to stop a job (``timeout(1)``,
-#: Slurm, Kubernetes: SIGTERM; a closed terminal or ssh session: SIGHUP).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-class CallerSignalled(BaseException):
-    """Raised in the main thread when SIGTERM/SIGHUP arrives during a guarded call.
-
-    A ``BaseException``, like KeyboardInterrupt, so that ``except Exception``
-    in between cannot swallow it; ``signals_as_interrupts`` turns it back into
-    the signal's default action once the call has cleaned up.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"guarded call interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-_signal_depth = 0
-
-
-@contextlib.contextmanager
-def signals_as_interrupts() -> Iterator[None]:
-    """While the block runs, SIGTERM and SIGHUP stop it the way Ctrl-C does.
-
-    Only in the main thread (the only one Python delivers signals to) and only
-    for a signal whose handler is the default: a handler the application
-    installed (or SIG_IGN, e.g. under ``nohup``) is left alone -- if it raises,
-    the call cleans up as on Ctrl-C. On the first such signal the block gets
-    ``CallerSignalled`` (the child tree is killed, the journal restores the MS,
-    the job dir is removed by the block's own cleanup); then the previous
-    handlers are back and the signal is re-sent, so the process ends with the
-    signal's status, as it would have without casaguard. Re-entrant: an inner
-    call inside an outer block (a batch) installs nothing.
-    """
-    global _signal_depth
-    if threading.current_thread() is not threading.main_thread() or _signal_depth:
-        yield
-        return
-    previous: dict[int, Any] = {}
-    received: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        received.append(signum)
-        if len(received) == 1:  # a second signal must not interrupt the cleanup
-            raise CallerSignalled(signum)
-
-    for signum in STOP_SIGNALS:
-        current = signal.getsignal(signum)
-        if current == signal.SIG_DFL:
-            previous[signum] = current
-            signal.signal(signum, handler)
-    _signal_depth += 1
-    try:
-        yield
-    except CallerSignalled as caught:
-        _restore_handlers(previous)
-        log.warning("caller_signalled", signal=signal.Signals(caught.signum).name)
-        os.kill(os.getpid(), caught.signum)  # default action: the process ends here
-        raise  # only if the signal did not end the process
-    finally:
-        _signal_depth -= 1
-        _restore_handlers(previous)
-        if received and not isinstance(sys.exc_info()[1], CallerSignalled):
-            # A signal that landed after the block had finished its work still ends the process.
-            os.kill(os.getpid(), received[0])
-
-
-def _restore_handlers(previous: dict[int, Any]) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-
-
-def kill_tree(pid: int, grace: float = KILL_GRACE_S) -> None:
-    """SIGTERM ``pid`` and all its descendants, then SIGKILL what is left after ``grace``."""
-    try:
-        root = psutil.Process(pid)
-    except psutil.Error:
-        return
-    procs = [root, *_descendants(pid)]
-    _terminate(procs)
-    _reap(procs, grace)
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return list(psutil.Process(pid).children(recursive=True))
-    except psutil.Error:
-        return []
-
-
-def _terminate(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(signal.SIGTERM)
-
-
-def _reap(procs: list[psutil.Process], grace: float = KILL_GRACE_S) -> None:
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

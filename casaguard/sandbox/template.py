@@ -102,8 +102,8 @@ import psutil
 
 from casaguard import casaenv, events
 from casaguard.errors import SetupError
+from casaguard.sandbox import callspec, procs, spawn
 from casaguard.sandbox import jobdir as _job
-from casaguard.sandbox import runner
 
 log = events.get_logger()
 
@@ -282,11 +282,11 @@ class _Template:
         process = self._process
         if process is not None:
             try:
-                process.wait(timeout=runner.KILL_GRACE_S)
+                process.wait(timeout=callspec.KILL_GRACE_S)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self._thread.join(timeout=runner.KILL_GRACE_S)
+        self._thread.join(timeout=callspec.KILL_GRACE_S)
 
     def stderr_tail(self, limit: int = 2000) -> str:
         with contextlib.suppress(OSError, ValueError):
@@ -345,7 +345,7 @@ class _Template:
         except (OSError, ValueError):
             pass
         try:
-            code = self._process.wait(timeout=runner.KILL_GRACE_S)
+            code = self._process.wait(timeout=callspec.KILL_GRACE_S)
         except subprocess.TimeoutExpired:
             self._process.kill()
             code = self._process.wait()
@@ -400,10 +400,10 @@ class TemplateHandle:
 
     def kill_tree(self) -> None:
         # The fork leads its own session, so its group holds any straggler too.
-        runner.kill_tree(self.pid)
+        procs.kill_tree(self.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        deadline = time.monotonic() + runner.KILL_GRACE_S
+        deadline = time.monotonic() + callspec.KILL_GRACE_S
         while self.exit_status() is None and time.monotonic() < deadline:
             pass
 
@@ -413,18 +413,18 @@ class TemplateLauncher:
 
     mode = "template"
 
-    def __init__(self, fallback: runner.Launcher, required: bool, flavor: str = "casa") -> None:
+    def __init__(self, fallback: callspec.Launcher, required: bool, flavor: str = "casa") -> None:
         self.fallback = fallback
         self.required = required
         self.flavor = flavor
 
-    def start(self, job: _job.JobDir) -> runner.ChildHandle:
+    def start(self, job: _job.JobDir) -> callspec.ChildHandle:
         """Fork the template for ``job`` (starting it if needed), or spawn.
 
         Raises:
             SetupError: ``required`` and the template cannot be started.
         """
-        env = runner.child_environment()
+        env = spawn.child_environment()
         failure = ""
         # Twice: a template that died since the last call is replaced once.
         for _ in range(2):
@@ -444,7 +444,7 @@ class TemplateLauncher:
                 break
             except TemplateUnavailable as error:
                 failure = str(error)
-                template.await_death(runner.KILL_GRACE_S)
+                template.await_death(callspec.KILL_GRACE_S)
         else:
             return self._fall_back(job, failure)
         if not alive and pid == 0:
@@ -462,7 +462,7 @@ class TemplateLauncher:
             return self._fall_back(job, "fork did not answer")
         return TemplateHandle(template, pid)
 
-    def _fall_back(self, job: _job.JobDir, reason: str) -> runner.ChildHandle:
+    def _fall_back(self, job: _job.JobDir, reason: str) -> callspec.ChildHandle:
         log.warning("template_fallback", reason=reason, mode=self.fallback.mode)
         return self.fallback.start(job)
 
@@ -519,8 +519,8 @@ def _current_template(env: dict[str, str], flavor: str = "casa", wait: bool = Tr
 
 
 def launcher(
-    fallback: runner.Launcher, required: bool = False, flavor: str = "casa"
-) -> runner.Launcher:
+    fallback: callspec.Launcher, required: bool = False, flavor: str = "casa"
+) -> callspec.Launcher:
     """The template launcher (``runner.choose_launcher`` calls this).
 
     Args:
@@ -562,10 +562,10 @@ def warmup(timeout: float = START_TIMEOUT_S, *, wait: bool = True) -> int | None
     Raises:
         SetupError: the template could not start (only with ``wait=True``).
     """
-    if (os.environ.get(runner.MODE_ENV) or "").lower() == "spawn":
+    if (os.environ.get(callspec.MODE_ENV) or "").lower() == "spawn":
         return None
     try:
-        template = _current_template(runner.child_environment(), wait=wait)
+        template = _current_template(spawn.child_environment(), wait=wait)
     except TemplateUnavailable as error:
         raise SetupError(TEMPLATE_UNAVAILABLE.format(reason=error)) from None
     if not wait:
