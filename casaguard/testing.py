@@ -41,7 +41,8 @@ from typing import Any
 
 import pytest
 
-from casaguard.crash.outcome import Outcome, capture, crash_report, run_sandboxed
+from casaguard.api.tasks import call
+from casaguard.crash.outcome import Outcome, capture, crash_report
 from casaguard.errors import EXCEPTION_FOR_KIND, CasaCrash
 from casaguard.sandbox import callspec, runner
 
@@ -176,6 +177,18 @@ class _ImportInChild:
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return importlib.import_module, (self.name,)
+
+
+def run_sandboxed(
+    func: Callable[..., Any],
+    /,
+    *args: Any,
+    timeout: float | None = None,
+    casa: bool = True,
+    **kwargs: Any,
+) -> Outcome:
+    """Run ``func(*args, **kwargs)`` in a sandbox child (``casaguard.call``); return its Outcome."""
+    return capture(call, func, *args, timeout=timeout, casa=casa, **kwargs)
 
 
 def by_value(function: Callable[..., Any]) -> Callable[..., Any]:

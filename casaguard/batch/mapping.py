@@ -26,7 +26,6 @@ the expected ones). Only an interrupt (Ctrl-C) stops the batch.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any
 from casaguard.api.tasks import call, callable_name, check_task, run_task
 from casaguard.batch.engines import Progress, run_batch
 from casaguard.batch.item import ItemOutcome
-from casaguard.errors import InvalidInput, SetupError
+from casaguard.errors import InvalidInput
 from casaguard.sandbox import callspec
 
 __all__ = ["ItemOutcome", "map_call", "map_probe", "map_repair", "map_task"]
@@ -183,14 +182,8 @@ def map_probe(
 
     Returns:
         One ItemOutcome per path, in input order.
-
-    Raises:
-        SetupError: this casaguard has no ``casaguard.probe``.
     """
-    try:
-        probe = importlib.import_module("casaguard.preflight.probe").probe
-    except (ImportError, AttributeError) as error:
-        raise SetupError(f"casaguard.probe is not available: {error}") from error
+    from casaguard.preflight.probe import probe  # loaded on first use: importing batch stays cheap
     run = functools.partial(probe, **probe_options) if probe_options else probe
     return run_batch(
         run,

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from casaguard.api.tasks import call
 from casaguard.errors import CasaCrash
 
 #: Lines of the child's stderr shown in a crash report.
@@ -66,18 +65,6 @@ def capture(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Outcome:
     except CasaCrash as crash:
         return Outcome(crash=crash, elapsed_s=time.monotonic() - started)
     return Outcome(value=value, elapsed_s=time.monotonic() - started)
-
-
-def run_sandboxed(
-    func: Callable[..., Any],
-    /,
-    *args: Any,
-    timeout: float | None = None,
-    casa: bool = True,
-    **kwargs: Any,
-) -> Outcome:
-    """Run ``func(*args, **kwargs)`` in a sandbox child (``casaguard.call``); return its Outcome."""
-    return capture(call, func, *args, timeout=timeout, casa=casa, **kwargs)
 
 
 def crash_report(crash: CasaCrash) -> str:
