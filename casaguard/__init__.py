@@ -6,6 +6,17 @@ The public names are loaded on first use (PEP 562): a sandbox child starts
 with ``import casaguard.sandbox.child`` and must not pay for the whole package
 (runner, template, batch engines, structlog) before it can run one task --
 that import cost is paid by every spawned child and every static probe.
+
+Where things live (docs/architecture.md has the picture of one guarded call)::
+
+    api/        ft, clearcal, run_task, call: the one write path
+    sandbox/    one guarded call: runner, spawn, template client + server, child
+    journal/    snapshot before a write, restore after a death
+    crash/      what a death means: classify, evidence, outcome
+    ms/         parent-side MS facts: checks, locks, access
+    preflight/  the probe, doctor;   repairs/  fixes for probe findings
+    batch/      map_* over many MSs; corpus/   real crash reproducers
+    cli/        the casaguard command; remote/  code that runs only in a child
 """
 
 from __future__ import annotations
