@@ -31,7 +31,7 @@ from structlog.testing import capture_logs
 import casaguard
 from casaguard.journal import hook as journal
 from casaguard.ms import locks
-from casaguard.sandbox import callspec, runner
+from casaguard.sandbox import callspec, pids, runner
 from casaguard.sandbox.jobdir import Ref
 
 #: ~100k rows: 8 antennas (28 baselines) x 3572 integrations.
@@ -621,9 +621,9 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     caller.kill()
     caller.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while journal._alive(child) and time.monotonic() < deadline:
+    while pids.pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not journal._alive(child), "the child must die with its caller"
+    assert not pids.pid_alive(child), "the child must die with its caller"
     assert journal.pending_journals(ms) == [manifest.parent]
     with capture_logs() as events, pytest.raises(casaguard.JournalError) as refused:
         journal.MsJournal(str(ms), ["MODEL_DATA"], task="ft").before()

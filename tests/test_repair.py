@@ -31,6 +31,7 @@ from probe_variants import WSCLEAN, Variants, remove_scratch_columns
 import casaguard
 from casaguard.journal import hook as journal
 from casaguard.repairs import journal as repair_journal
+from casaguard.sandbox import pids
 
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -545,7 +546,7 @@ def _orphan_journal(ms: Path, complist: Path, tmp_path: Path) -> Path:
     caller.kill()
     caller.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while journal._alive(child) and time.monotonic() < deadline:
+    while pids.pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert repair_journal.pending_journals(str(ms)) == [manifest.parent]
     return manifest.parent

@@ -184,6 +184,7 @@ def map_probe(
         One ItemOutcome per path, in input order.
     """
     from casaguard.preflight.probe import probe  # loaded on first use: importing batch stays cheap
+
     run = functools.partial(probe, **probe_options) if probe_options else probe
     return run_batch(
         run,

@@ -148,6 +148,7 @@ from casaguard import events
 from casaguard.errors import LOCKED_MESSAGE, InvalidInput, JournalError, MsLocked
 from casaguard.ms.checks import require_ms
 from casaguard.sandbox.jobdir import Ref
+from casaguard.sandbox.pids import pid_alive
 
 if TYPE_CHECKING:
     from casaguard.sandbox.callspec import CallSpec
@@ -653,7 +654,7 @@ def pending_journals(vis: str | os.PathLike[str], *, clean: bool = True) -> list
             owner = _owner_pid(path)
             with contextlib.suppress(OSError):
                 ours = os.lstat(path).st_uid == os.geteuid() and not path.is_symlink()
-                if clean and ours and owner is not None and not _alive(owner):
+                if clean and ours and owner is not None and not pid_alive(owner):
                     shutil.rmtree(path)  # the task never started: nothing to restore
             continue
         problem = trust_problem(path, ms)
@@ -677,16 +678,6 @@ def writer_active(vis: str | os.PathLike[str]) -> bool:
 def _owner_pid(path: Path) -> int | None:
     owner = path.name.rsplit(JOURNAL_MARK, 1)[-1].split("-", 1)[0]
     return int(owner) if owner.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ms_of_journal(journal: Path) -> Path | None:
@@ -754,7 +745,7 @@ def recover(
         if not force and not _is_own_file(path / RELEASED):
             pids = {_owner_pid(path), manifest.get("pid"), manifest.get("parent_pid")}
             for pid in sorted(p for p in pids if isinstance(p, int)):
-                if pid != os.getpid() and _alive(pid):
+                if pid != os.getpid() and pid_alive(pid):
                     raise JournalError(
                         f"refusing to restore {ms}: pid {pid}, which wrote {path}, is still "
                         "alive (--force if it is not the writer)"

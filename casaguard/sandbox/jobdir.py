@@ -32,6 +32,8 @@ from typing import Any
 
 import dill
 
+from casaguard.sandbox.pids import pid_alive
+
 REQUEST = "request.pkl"
 REPLY = "reply.pkl"
 OUTPUT = "output.log"
@@ -193,7 +195,7 @@ def remove_stale_job_dirs(*, once: bool = False) -> list[Path]:
             if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.getuid():
                 continue
             pid_text, ns = (Path(entry.path) / OWNER).read_text().split()
-            if int(pid_text) != int(match["pid"]) or ns != namespace or _alive(int(pid_text)):
+            if int(pid_text) != int(match["pid"]) or ns != namespace or pid_alive(int(pid_text)):
                 continue
             shutil.rmtree(entry.path)
             removed.append(Path(entry.path))
@@ -205,16 +207,6 @@ def _pid_namespace() -> str:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return "?"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_request(directory: Path) -> Request:
