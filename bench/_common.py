@@ -25,6 +25,7 @@ import structlog
 
 import casaguard
 from casaguard import casaenv
+from casaguard.sandbox import flavors
 from casaguard.sandbox import template as _template
 
 HERE = Path(__file__).resolve().parent
@@ -246,8 +247,8 @@ def leaked_processes() -> list[dict[str, Any]]:
     """Live descendants of this process other than the warm templates (and their spares)."""
     me = psutil.Process()
     # The warm templates (one per flavor) outlive calls by design, as do their spare forks.
-    templates = {_template.template_pid(flavor) for flavor in _template.FLAVORS} - {None}
-    spare = _template.SPARE_NAME.decode()
+    templates = {_template.template_pid(flavor) for flavor in flavors.FLAVORS} - {None}
+    spare = flavors.SPARE_NAME.decode()
     leaked = []
     for proc in me.children(recursive=True):
         try:
@@ -259,6 +260,6 @@ def leaked_processes() -> list[dict[str, Any]]:
         except psutil.Error:
             continue
     for proc in psutil.process_iter(["name", "ppid"]):
-        if proc.info["name"] == _template.FORK_NAME.decode() and proc.info["ppid"] not in templates:
+        if proc.info["name"] == flavors.FORK_NAME.decode() and proc.info["ppid"] not in templates:
             leaked.append({"pid": proc.pid, "name": "stray fork"})
     return leaked

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from casaguard import casaenv
-from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
 from casaguard.preflight import doctor
 from casaguard.sandbox import child as _child
 from tests.next_reader import assert_casa_can_use
@@ -104,7 +104,7 @@ def _mtimes(ms: Path) -> dict[str, int]:
     return {
         str(p.relative_to(ms)): p.stat().st_mtime_ns
         for p in ms.rglob("*")
-        if p.name != journal.WRITER_LOCK_FILE
+        if p.name != journal_layout.WRITER_LOCK_FILE
     }
 
 

@@ -30,6 +30,8 @@ from structlog.testing import capture_logs
 
 import casaguard
 from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
+from casaguard.journal import trust as journal_trust
 from casaguard.ms import locks
 from casaguard.sandbox import callspec, pids, runner
 from casaguard.sandbox.jobdir import Ref
@@ -47,12 +49,12 @@ def _tree(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in ("table.lock", journal.WRITER_LOCK_FILE)
+        if p.is_file() and p.name not in ("table.lock", journal_layout.WRITER_LOCK_FILE)
     }
 
 
 def _journals(vis: Path) -> list[Path]:
-    return sorted(vis.parent.glob(f".{vis.name}{journal.JOURNAL_MARK}*"))
+    return sorted(vis.parent.glob(f".{vis.name}{journal_layout.JOURNAL_MARK}*"))
 
 
 VERIFY = """
@@ -207,7 +209,7 @@ def _ft_watched(
     thread.start()
     task_started = None
     while thread.is_alive() and task_started is None:
-        manifests = [p / journal.MANIFEST for p in _journals(vis)]
+        manifests = [p / journal_layout.MANIFEST for p in _journals(vis)]
         ready = [m for m in manifests if m.exists()]
         if ready:
             task_started = time.monotonic()
@@ -571,7 +573,7 @@ def test_ctrl_c_during_the_task_restores(ms: Path, complist: Path, tmp_path: Pat
         [
             sys.executable,
             "-c",
-            textwrap.dedent(CTRL_C_PARENT).replace("{mark}", journal.JOURNAL_MARK),
+            textwrap.dedent(CTRL_C_PARENT).replace("{mark}", journal_layout.JOURNAL_MARK),
             str(ms),
             str(complist),
         ],
@@ -613,7 +615,11 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     manifest = None
     deadline = time.monotonic() + 120
     while manifest is None and time.monotonic() < deadline:
-        ready = [p / journal.MANIFEST for p in _journals(ms) if (p / journal.MANIFEST).exists()]
+        ready = [
+            p / journal_layout.MANIFEST
+            for p in _journals(ms)
+            if (p / journal_layout.MANIFEST).exists()
+        ]
         manifest = ready[0] if ready else None
         time.sleep(0.002)
     assert manifest is not None
@@ -624,7 +630,7 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     while pids.pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not pids.pid_alive(child), "the child must die with its caller"
-    assert journal.pending_journals(ms) == [manifest.parent]
+    assert journal_trust.pending_journals(ms) == [manifest.parent]
     with capture_logs() as events, pytest.raises(casaguard.JournalError) as refused:
         journal.MsJournal(str(ms), ["MODEL_DATA"], task="ft").before()
     assert f"casaguard restore-journal {ms}" in str(refused.value)
@@ -634,7 +640,7 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     result = _cli(["restore-journal", str(ms)], tmp_path)
     assert result.returncode == 0, result.stderr
     assert _tree(ms) == before
-    assert _journals(ms) == [] and journal.pending_journals(ms) == []
+    assert _journals(ms) == [] and journal_trust.pending_journals(ms) == []
     assert_casa_can_use(ms, complist)
 
 

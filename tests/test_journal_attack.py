@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from next_reader import assert_casa_can_use
 
-from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
 
 ATTACKER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 BASHRC = "# the victim's own shell start-up\n"
@@ -159,11 +159,11 @@ def test_journal_planted_beside_a_shared_ms_is_not_trusted(
 
 def _own_journal(vis: Path, manifest: dict[str, object]) -> Path:
     """Write a journal beside ``vis`` as the victim itself (trusted by ownership)."""
-    path = vis.parent / f".{vis.name}{journal.JOURNAL_MARK}999999-0badf00d"
-    (path / journal.FILES).mkdir(parents=True, mode=0o700)
+    path = vis.parent / f".{vis.name}{journal_layout.JOURNAL_MARK}999999-0badf00d"
+    (path / journal_layout.FILES).mkdir(parents=True, mode=0o700)
     path.chmod(0o700)
-    (path / journal.MANIFEST).write_text(json.dumps(manifest))
-    (path / journal.MANIFEST).chmod(0o600)
+    (path / journal_layout.MANIFEST).write_text(json.dumps(manifest))
+    (path / journal_layout.MANIFEST).chmod(0o600)
     return path
 
 
@@ -188,7 +188,7 @@ def test_manifest_paths_outside_the_ms_are_refused(
         vis,
         {"vis": str(vis), "saved": [saved], "main_entries": entries, "stat": {}, "subtables": {}},
     )
-    (path / journal.FILES / "x").write_text("attacker\n")
+    (path / journal_layout.FILES / "x").write_text("attacker\n")
     result = _cli(["restore-journal", str(vis)], node.home, node.shared)
     assert result.returncode == 1, result.stderr
     assert why in _one_error_line(result)
@@ -206,7 +206,7 @@ def test_restore_never_deletes_what_the_snapshot_did_not_see_born(
     vis = node.home / "obs.ms"
     shutil.copytree(ms, vis)
     before = sorted(str(p.relative_to(vis)) for p in vis.rglob("*"))
-    time.sleep(journal.CLOCK_SLACK_NS / 1e9 + 0.5)
+    time.sleep(journal_layout.CLOCK_SLACK_NS / 1e9 + 0.5)
     _own_journal(
         vis,
         {
@@ -251,7 +251,7 @@ def test_a_reader_cannot_block_guarded_writes(node: Node, ms: Path, complist: Pa
     subprocess.run(["chmod", "-R", "a+rX", str(vis)], check=True)
     first = _cli(["clearcal", str(vis)], node.home, node.shared)  # creates the lock file
     assert first.returncode == 0, first.stderr
-    lock_file = vis / journal.WRITER_LOCK_FILE
+    lock_file = vis / journal_layout.WRITER_LOCK_FILE
     assert lock_file.stat().st_mode & 0o777 == 0o600
     reader = subprocess.Popen(
         [*ATTACKER, sys.executable, "-c", textwrap.dedent(HOLD_READ_ACCESS), str(vis)],

@@ -24,7 +24,8 @@ from next_reader import assert_casa_can_use
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
+from casaguard.sandbox import pids
 
 CompletedText = subprocess.CompletedProcess[str]
 
@@ -34,12 +35,12 @@ def _tree(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in ("table.lock", journal.WRITER_LOCK_FILE)
+        if p.is_file() and p.name not in ("table.lock", journal_layout.WRITER_LOCK_FILE)
     }
 
 
 def _journals(vis: Path) -> list[Path]:
-    return sorted(vis.parent.glob(f".{vis.name}{journal.JOURNAL_MARK}*"))
+    return sorted(vis.parent.glob(f".{vis.name}{journal_layout.JOURNAL_MARK}*"))
 
 
 def test_casa_error_before_any_write_leaves_a_working_ms(ms: Path, complist: Path) -> None:
@@ -90,7 +91,11 @@ def _kill_caller_mid_ft(ms: Path, complist: Path, tmp_path: Path) -> Path:
     manifest = None
     deadline = time.monotonic() + 300
     while manifest is None and time.monotonic() < deadline:
-        ready = [p / journal.MANIFEST for p in _journals(ms) if (p / journal.MANIFEST).exists()]
+        ready = [
+            p / journal_layout.MANIFEST
+            for p in _journals(ms)
+            if (p / journal_layout.MANIFEST).exists()
+        ]
         manifest = ready[0] if ready else None
         time.sleep(0.002)
     assert manifest is not None, "the caller's task never started"
@@ -98,9 +103,9 @@ def _kill_caller_mid_ft(ms: Path, complist: Path, tmp_path: Path) -> Path:
     caller.kill()
     caller.wait(timeout=60)
     deadline = time.monotonic() + 60
-    while journal._alive(child) and time.monotonic() < deadline:
+    while pids.pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not journal._alive(child), "the child must die with its caller"
+    assert not pids.pid_alive(child), "the child must die with its caller"
     return manifest.parent
 
 
@@ -166,7 +171,7 @@ def test_restore_journal_refuses_to_undo_a_later_write(
     """A later write the journal cannot see (plain casatasks.ft after the caller died) makes
     restore-journal refuse in one line, exit 1, nothing changed; --force then restores."""
     orphan = _kill_caller_mid_ft(ms, complist, tmp_path)
-    time.sleep(journal.LATER_WRITE_MARGIN_S + 0.5)
+    time.sleep(journal_layout.LATER_WRITE_MARGIN_S + 0.5)
     done = casa_script(
         PLAIN_FT.replace("sys.argv[1]", repr(str(ms))).replace("sys.argv[2]", repr(str(complist)))
     )
@@ -204,7 +209,9 @@ mount -t tmpfs -o size=64m tmpfs "$MS_FS"
 # The journal's file system (the victim's home) runs out of inodes after the journal
 # directory exists: the copy itself hits ENOSPC, although statvfs shows free blocks.
 mount -t tmpfs -o size=16m,nr_inodes=12 tmpfs "$HOME_FS"
-mkdir -m 1777 "$MS_FS/shared"
+# World-writable without the sticky bit: the journal may not live beside the MS, so it
+# goes to the victim's home -- another file system, the case under test.
+mkdir -m 0777 "$MS_FS/shared"
 cp -r "$SRC" "$MS_FS/shared/obs.ms"
 sha() { (cd "$MS_FS/shared/obs.ms" && find . -type f ! -name table.lock \
     ! -name .casaguard-writer.lock -exec sha1sum {} + | sort); }
@@ -249,7 +256,9 @@ def test_disk_full_during_the_snapshot(ms: Path, complist: Path, tmp_path: Path)
 RESTORE_DISK_FULL = r"""
 set -eu
 mount -t tmpfs -o size=32m tmpfs "$MS_FS"
-mkdir -m 1777 "$MS_FS/shared"
+# World-writable without the sticky bit: the journal may not live beside the MS, so it
+# goes to the victim's home -- another file system, the case under test.
+mkdir -m 0777 "$MS_FS/shared"
 cp -r --sparse=never "$SRC" "$MS_FS/shared/obs.ms"
 "$PY" - <<'PYEOF'
 import json, os, sys
@@ -257,7 +266,9 @@ from pathlib import Path
 sys.path.insert(0, os.environ["TESTS"])
 from structlog.testing import capture_logs
 from casaguard.journal import hook as journal
-from casaguard.sandbox import runner
+from casaguard.journal import layout as journal_layout
+from casaguard.journal import trust as journal_trust
+from casaguard.sandbox import callspec, runner
 from casaguard.sandbox.jobdir import Ref
 from next_reader import assert_casa_can_use
 import subprocess
@@ -268,7 +279,7 @@ def tree():
     import hashlib
     return {str(p.relative_to(vis)): hashlib.sha1(p.read_bytes()).hexdigest()
             for p in sorted(vis.rglob("*"))
-            if p.is_file() and p.name not in ("table.lock", journal.WRITER_LOCK_FILE)}
+            if p.is_file() and p.name not in ("table.lock", journal_layout.WRITER_LOCK_FILE)}
 before = tree()
 filler = Path(os.environ["MS_FS"]) / "filler"
 stats = os.statvfs(vis)
@@ -289,7 +300,7 @@ with capture_logs() as events:
         facts["cause"] = type(error.__cause__).__name__
 facts["events"] = [e["event"] for e in events]
 facts["temp_files"] = [str(p) for p in vis.rglob("*casaguard-restore*")]
-facts["pending"] = [str(p) for p in journal.pending_journals(vis)]
+facts["pending"] = [str(p) for p in journal_trust.pending_journals(vis)]
 facts["changed_before_restore"] = tree() != before
 filler.unlink()
 done = subprocess.run([sys.executable, "-m", "casaguard.cli.main", "restore-journal", str(vis)],
@@ -297,7 +308,7 @@ done = subprocess.run([sys.executable, "-m", "casaguard.cli.main", "restore-jour
 facts["restore_rc"] = done.returncode
 facts["restore_stderr"] = done.stderr
 facts["same_as_before"] = tree() == before
-facts["pending_after"] = [str(p) for p in journal.pending_journals(vis)]
+facts["pending_after"] = [str(p) for p in journal_trust.pending_journals(vis)]
 try:
     assert_casa_can_use(vis, Path(os.environ["CL"]))
     facts["next_reader"] = "ok"

@@ -15,6 +15,7 @@ from conftest import casa_script
 from structlog.testing import capture_logs
 
 import casaguard
+from casaguard.sandbox import flavors
 from casaguard.sandbox import template as _template
 
 
@@ -31,7 +32,7 @@ def _spare_pids(template_pid: int) -> list[int]:
     spares = []
     for child in psutil.Process(template_pid).children():
         try:
-            if child.name() == _template.SPARE_NAME.decode() and child.status() not in (
+            if child.name() == flavors.SPARE_NAME.decode() and child.status() not in (
                 psutil.STATUS_ZOMBIE,
                 psutil.STATUS_DEAD,
             ):

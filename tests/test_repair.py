@@ -29,7 +29,8 @@ from next_reader import assert_casa_can_use
 from probe_variants import WSCLEAN, Variants, remove_scratch_columns
 
 import casaguard
-from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
+from casaguard.journal import trust as journal_trust
 from casaguard.repairs import journal as repair_journal
 from casaguard.sandbox import pids
 
@@ -74,7 +75,7 @@ def _bytes(root: Path, *, skip: tuple[str, ...] = ("table.lock",)) -> dict[str, 
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in (*skip, journal.WRITER_LOCK_FILE)
+        if p.is_file() and p.name not in (*skip, journal_layout.WRITER_LOCK_FILE)
     }
 
 
@@ -388,9 +389,9 @@ def test_a_guarded_write_after_a_repair_runs_and_then_the_backup_refuses_to_undo
     report = casaguard.repair(ms, apply=True, verify=False)
     assert report.exit_code == 0 and len(report.backups) == 1, report.to_dict()
     backup = Path(report.backups[0])
-    assert journal.pending_journals(ms) == []
+    assert journal_trust.pending_journals(ms) == []
     assert "JOURNAL_PENDING" not in casaguard.probe(ms).codes()
-    time.sleep(journal.LATER_WRITE_MARGIN_S + 0.5)
+    time.sleep(journal_layout.LATER_WRITE_MARGIN_S + 0.5)
     casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
     after_ft = _bytes(ms)
     refused = _cli(["restore-journal", str(backup)])
@@ -530,7 +531,9 @@ def _orphan_journal(ms: Path, complist: Path, tmp_path: Path) -> Path:
     manifest = None
     deadline = time.monotonic() + 120
     while manifest is None and time.monotonic() < deadline:
-        ready = list(ms.parent.glob(f".{ms.name}{journal.JOURNAL_MARK}*/{journal.MANIFEST}"))
+        ready = list(
+            ms.parent.glob(f".{ms.name}{journal_layout.JOURNAL_MARK}*/{journal_layout.MANIFEST}")
+        )
         manifest = ready[0] if ready else None
         time.sleep(0.002)
     assert manifest is not None
@@ -587,7 +590,7 @@ def test_an_orphan_the_ms_was_written_after_gets_no_fix(
     and what to choose); --discard-journal plans the discard, proven newer."""
     ms = big_ms
     orphan = _orphan_journal(ms, complist, tmp_path)
-    time.sleep(journal.LATER_WRITE_MARGIN_S + 0.5)
+    time.sleep(journal_layout.LATER_WRITE_MARGIN_S + 0.5)
     done = casa_script(
         f"import casatasks\n"
         f"casatasks.ft(vis={str(ms)!r}, complist={str(complist)!r}, usescratch=True)\n"

@@ -16,8 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 import casaguard
+from casaguard.sandbox import flavors, spawn
 from casaguard.sandbox import jobdir as _job
-from casaguard.sandbox import spawn
 from casaguard.sandbox import template as _template
 
 
@@ -175,7 +175,7 @@ def test_forks_refuse_python_casacore(template: int, no_leaks: None) -> None:
     with pytest.raises(casaguard.ChildError) as caught:
         casaguard.call(use_casacore, casa=False, mode="template", timeout=60)
     assert caught.value.exc_type == "builtins.ImportError"
-    assert caught.value.exc_message == _template.CASACORE_IN_TEMPLATE
+    assert caught.value.exc_message == flavors.CASACORE_IN_TEMPLATE
     assert casaguard.call(use_casacore, casa=False, mode="spawn", timeout=120) == "casacore.tables"
 
 
@@ -199,7 +199,7 @@ def test_casacore_flavor_forks_hold_casacore_and_refuse_casatools(no_leaks: None
     assert parent == _template.template_pid("casacore") != _template.template_pid("casa")
     with pytest.raises(casaguard.ChildError) as caught:
         casaguard.call(use_casatools, casa=False, flavor="casacore", mode="template", timeout=60)
-    assert caught.value.exc_message == _template.CASA_IN_CASACORE_TEMPLATE
+    assert caught.value.exc_message == flavors.CASA_IN_CASACORE_TEMPLATE
 
 
 def test_mode_spawn_never_starts_a_template(monkeypatch: pytest.MonkeyPatch) -> None:

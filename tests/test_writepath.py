@@ -31,8 +31,7 @@ from structlog.testing import capture_logs
 import casaguard
 from casaguard.api import params as task_params
 from casaguard.errors import SELF_LOCKED_MESSAGE, CasaTaskError
-from casaguard.sandbox import jobdir as _job
-from casaguard.sandbox import signals
+from casaguard.sandbox import pids, signals
 from casaguard.sandbox import template as _template
 from casaguard.sandbox.jobdir import Ref
 
@@ -449,7 +448,7 @@ HALF_WRITE_CALLER = """
 import os, signal, sys, time
 import casaguard
 from casaguard.journal import hook as journal
-from casaguard.sandbox import runner
+from casaguard.sandbox import callspec, runner
 
 vis, marker, app_handler = sys.argv[1], sys.argv[2], sys.argv[3] == "app"
 signal.signal(signal.SIGHUP, signal.SIG_DFL)  # even if the test runs under nohup
@@ -524,7 +523,7 @@ def test_signal_to_the_caller_mid_write_restores_and_cleans_up(
     child = int(marker.read_text())
     subprocess.run(["kill", f"-{signal.Signals(signum).name[3:]}", str(caller.pid)], check=True)
     assert caller.wait(timeout=60) == status
-    assert not _job._alive(child), "the child must be dead"
+    assert not pids.pid_alive(child), "the child must be dead"
     assert [p.name for p in jobs.iterdir()] == [], "the job dir must be gone"
     assert not [p for p in ms.parent.iterdir() if "casaguard-journal" in p.name]
     assert _data_sum(ms) == before, "the half-write must be undone"

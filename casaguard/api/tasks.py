@@ -42,6 +42,7 @@ from typing import Any
 from casaguard.api import params as task_params
 from casaguard.errors import InvalidInput
 from casaguard.journal import hook as _journal
+from casaguard.journal import layout as _journal_layout
 from casaguard.ms.checks import require_ms
 from casaguard.sandbox import callspec, runner
 from casaguard.sandbox.jobdir import Ref
@@ -126,7 +127,7 @@ def run_task(
     check_task(name, params, timeout=timeout, lock_timeout=lock_timeout)
     if isinstance(writes, str):
         writes = [writes]
-    declared = tuple(writes) if writes is not None else _journal.task_writes(name, params)
+    declared = tuple(writes) if writes is not None else _journal_layout.task_writes(name, params)
     params = {key: _casa_value(value) for key, value in params.items()}
     vis = _vis_path(params.get("vis"))
     if declared is not None:
@@ -140,7 +141,7 @@ def run_task(
         is_casa_task=True,
         vis=vis,
         may_write=declared is not None or name not in READ_ONLY_TASKS,
-        written=(*(declared or ()), *_journal.ALWAYS_SUBTABLES),
+        written=(*(declared or ()), *_journal_layout.ALWAYS_SUBTABLES),
         timeout=timeout,
         lock_timeout=lock_timeout,
         strict=strict,

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from casaguard.errors import InvalidInput, JournalError
-from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
+from casaguard.journal import recovery as journal_recovery
+from casaguard.journal import trust as journal_trust
 from casaguard.repairs import journal as repair_journal
 
 EXIT_OK = 0
@@ -57,15 +59,15 @@ def _restore(args: argparse.Namespace) -> int:
     if repair_journal.backup_ms(target.absolute()) is not None:
         return _undo_repair(target, force=args.force)
     ms, chosen = target, None
-    if journal.JOURNAL_MARK in target.name:
-        found = journal.ms_of_journal(target.absolute())
+    if journal_layout.JOURNAL_MARK in target.name:
+        found = journal_trust.ms_of_journal(target.absolute())
         if found is None:
             return _fail(
                 EXIT_BAD_INPUT, f"{target}: give the MS, not a journal outside its directory"
             )
         ms, chosen = found, target
     try:
-        done = journal.recover(ms, journal=chosen, force=args.force)
+        done = journal_recovery.recover(ms, journal=chosen, force=args.force)
     except InvalidInput as error:
         return _fail(EXIT_BAD_INPUT, str(error))
     except JournalError as error:

@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
+from casaguard.journal import trust as journal_trust
 from casaguard.ms import access, locks
 from casaguard.preflight.findings import Finding
 
@@ -120,17 +121,19 @@ def lock_findings(path: str) -> list[Finding]:
 
 def journal_findings(path: str) -> list[Finding]:
     """A pending journal: the MS may be half-written until ``restore-journal`` runs."""
-    if journal.writer_active(path):
+    if journal_trust.writer_active(path):
         return []  # a guarded write is running; its journal is not pending
     return [
         Finding(
             "JOURNAL_PENDING",
             f"{path} may be half-written: a guarded write died and left its snapshot in {found}",
-            f"run `{journal.RESTORE_COMMAND.format(vis=os.path.abspath(path))}` to roll it back",
+            "run `"
+            + journal_layout.RESTORE_COMMAND.format(vis=os.path.abspath(path))
+            + "` to roll it back",
             path=path,
             data={"journal": str(found)},
         )
-        for found in journal.pending_journals(path, clean=False)
+        for found in journal_trust.pending_journals(path, clean=False)
     ]
 
 

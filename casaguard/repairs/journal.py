@@ -4,20 +4,20 @@ Every call the repair makes into ``casaguard.journal.hook`` goes through this mo
 so that a change of the journal's format or rules changes this file only.
 
 Writer lock. The repair holds the journal's own writer lock
-(``<ms>/.casaguard-writer.lock``, ``journal.writer_lock``) for the whole of an
+(``<ms>/.casaguard-writer.lock``, ``casaguard.journal.writer.writer_lock``) for the whole of an
 apply, so no guarded write starts or runs while it changes the MS; finishing
-an orphan journal then runs ``journal.recover(..., writer_lock_held=True)``.
+an orphan journal then runs ``casaguard.journal.recovery.recover(..., writer_lock_held=True)``.
 
 Backups. Before a repair changes an MS it copies every file it will rewrite or
 delete into a backup directory beside the MS, written by the journal itself
-(``journal.take_snapshot``: ``manifest.json`` + ``files/<relative path>``, plus
+(``casaguard.journal.snapshot.take_snapshot``: ``manifest.json`` + ``files/<relative path>``, plus
 the ``table.lock`` of each table copied, whose sync data a restore puts back;
 casacore refuses a put-back ``table.dat`` whose lock file says otherwise:
 ``Table::lock cannot sync table ...; another process changed the number of
 columns``). A subtable with a file to back up is copied whole (the journal's
 unit for subtables). ``casaguard restore-journal <backup>`` undoes the repair
 (``undo_backup``); it refuses when the MS was written after the repair
-(``journal.later_writes``: the repair touches the backup's ``heartbeat`` when
+(``casaguard.journal.recovery.later_writes``: the repair touches the backup's ``heartbeat`` when
 its changes are done), unless ``--force``.
 
 A backup is never a *pending* journal: the journal looks for
@@ -44,24 +44,29 @@ from pathlib import Path
 from typing import Any
 
 from casaguard.errors import InvalidInput, JournalError, MsLocked
-from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
+from casaguard.journal import recovery as journal_recovery
+from casaguard.journal import restore as journal_restore
+from casaguard.journal import snapshot as journal_snapshot
+from casaguard.journal import trust as journal_trust
+from casaguard.journal import writer as journal_writer
 from casaguard.ms.checks import require_ms
 
 BACKUP_KIND = "repair-backup"
-BACKUP_MARK = "-repair" + journal.JOURNAL_MARK
+BACKUP_MARK = "-repair" + journal_layout.JOURNAL_MARK
 DISCARDED = "discarded"
 ORPHAN_COPIES = "orphans"
 
 
 def pending_journals(ms: str) -> list[Path]:
     """Journals of ``ms`` left by a guarded write whose caller died (they hold the old state)."""
-    return journal.pending_journals(ms)
+    return journal_trust.pending_journals(ms)
 
 
 def journal_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a journal (``{}`` if it has none)."""
     try:
-        manifest: dict[str, Any] = json.loads((path / journal.MANIFEST).read_text())
+        manifest: dict[str, Any] = json.loads((path / journal_layout.MANIFEST).read_text())
     except (OSError, ValueError):
         return {}
     return manifest
@@ -75,7 +80,11 @@ def journal_touches(path: Path) -> list[str]:
     before = set(manifest.get("main_entries", []))
     if ms.is_dir():
         for entry in sorted(ms.iterdir()):
-            if entry.name not in before and entry.is_file() and entry.name != journal.LOCK_FILE:
+            if (
+                entry.name not in before
+                and entry.is_file()
+                and entry.name != journal_layout.LOCK_FILE
+            ):
                 touched.append(entry.name)
     return list(dict.fromkeys(touched))
 
@@ -88,7 +97,7 @@ def journal_superseded(path: Path) -> bool:
     """
     manifest = journal_manifest(path)
     ms = Path(manifest.get("vis", ""))
-    return ms.is_dir() and bool(journal.later_writes(ms, path, manifest))
+    return ms.is_dir() and bool(journal_recovery.later_writes(ms, path, manifest))
 
 
 @contextlib.contextmanager
@@ -98,7 +107,7 @@ def writer_lock(ms: str) -> Iterator[None]:
     Raises:
         MsLocked: a guarded write (or another repair) holds the MS.
     """
-    with journal.writer_lock(ms, timeout=0.0, task="repair"):
+    with journal_writer.writer_lock(ms, timeout=0.0, task="repair"):
         yield
 
 
@@ -113,7 +122,7 @@ def finish_journal(path: Path) -> list[str]:
             manifest) or the restore failed; the journal is kept.
     """
     ms = Path(journal_manifest(path).get("vis", ""))
-    return journal.recover(ms, journal=path, writer_lock_held=True)
+    return journal_recovery.recover(ms, journal=path, writer_lock_held=True)
 
 
 def backup_path(ms: str) -> Path:
@@ -132,7 +141,7 @@ def take_backup(ms: str, files: Sequence[str], *, fixes: Sequence[str]) -> Path:
     path = backup_path(ms)
     path.mkdir(mode=0o700)
     try:
-        journal.take_snapshot(
+        journal_snapshot.take_snapshot(
             path,
             ms,
             task="repair",
@@ -152,12 +161,12 @@ def take_backup(ms: str, files: Sequence[str], *, fixes: Sequence[str]) -> Path:
 
 def seal_backup(backup: Path) -> None:
     """Mark the end of the repair's writes: whatever changes the MS later is newer work."""
-    (backup / journal.HEARTBEAT).touch(mode=0o600)
+    (backup / journal_layout.HEARTBEAT).touch(mode=0o600)
 
 
 def restore_backup(path: Path) -> list[str]:
     """Put the MS back as the backup found it (the repair's rollback); keep the backup dir."""
-    return journal.restore(path, vis=str(journal_manifest(path).get("vis", "")))
+    return journal_restore.restore(path, vis=str(journal_manifest(path).get("vis", "")))
 
 
 def backup_ms(path: Path) -> Path | None:
@@ -186,19 +195,21 @@ def undo_backup(path: Path, *, force: bool = False) -> tuple[Path, list[str]]:
     if ms is None:
         raise InvalidInput(f"{path}: not a casaguard repair backup")
     require_ms(ms)
-    problem = journal.trust_problem(path, ms)
+    problem = journal_trust.trust_problem(path, ms)
     if problem is not None:
         raise JournalError(f"refusing to restore {ms} from {path}: {problem}")
     try:
-        with journal.writer_lock(ms, timeout=journal.RECOVER_LOCK_WAIT_S, task="restore-journal"):
+        with journal_writer.writer_lock(
+            ms, timeout=journal_layout.RECOVER_LOCK_WAIT_S, task="restore-journal"
+        ):
             if not force:
-                later = journal.later_writes(ms, path, journal_manifest(path))
+                later = journal_recovery.later_writes(ms, path, journal_manifest(path))
                 if later:
                     shown = ", ".join(later[:3]) + (" ..." if len(later) > 3 else "")
                     raise JournalError(
-                        journal.LATER_WRITE_MESSAGE.format(vis=ms, journal=path, paths=shown)
+                        journal_layout.LATER_WRITE_MESSAGE.format(vis=ms, journal=path, paths=shown)
                     )
-            done = journal.restore(path, vis=str(ms))
+            done = journal_restore.restore(path, vis=str(ms))
             shutil.rmtree(path)
     except MsLocked as error:
         raise JournalError(f"refusing to restore {ms}: {error}") from None

@@ -16,7 +16,8 @@ from typing import Any
 import casatools
 
 from casaguard.errors import InvalidInput
-from casaguard.journal import hook as journal
+from casaguard.journal import layout as journal_layout
+from casaguard.journal import snapshot as journal_snapshot
 
 #: Columns whose size, when the task creates them, is about that of DATA.
 _DATA_LIKE = ("MODEL_DATA", "CORRECTED_DATA", "DATA")
@@ -38,7 +39,7 @@ def run_journaled(
     """
     started = time.monotonic()
     files, subtables, growth = plan(vis, writes, task=task)
-    journal.take_snapshot(
+    journal_snapshot.take_snapshot(
         journal_dir,
         vis,
         task=task,
@@ -65,20 +66,20 @@ def plan(vis: str, writes: Sequence[str], *, task: str) -> tuple[list[str], list
         if isinstance(value, str) and value.startswith("Table: ")
     }
     if not dminfo:
-        raise InvalidInput(journal.REFERENCE_TABLE_MESSAGE.format(task=task, vis=vis))
+        raise InvalidInput(journal_layout.REFERENCE_TABLE_MESSAGE.format(task=task, vis=vis))
     names = os.listdir(vis)
     seqnr_of = {
         column: int(manager["SEQNR"])
         for manager in dminfo.values()
         for column in manager["COLUMNS"]
     }
-    files = list(journal.ALWAYS_FILES)
+    files = list(journal_layout.ALWAYS_FILES)
     subtables: list[str] = []
     growth = 0
     data_column = next((c for c in ("DATA", "FLOAT_DATA") if c in seqnr_of), None)
     for name in writes:
         if name in seqnr_of:
-            files += journal.files_of_data_manager(names, seqnr_of[name])
+            files += journal_layout.files_of_data_manager(names, seqnr_of[name])
         elif name in subtable_dirs:
             where = subtable_dirs[name]
             if where is not None:  # a subtable outside the MS is not ours to copy
@@ -88,7 +89,7 @@ def plan(vis: str, writes: Sequence[str], *, task: str) -> tuple[list[str], list
             # (Anything else the task creates is found and removed at restore.)
             growth += sum(
                 os.path.getsize(os.path.join(vis, f))
-                for f in journal.files_of_data_manager(names, seqnr_of[data_column])
+                for f in journal_layout.files_of_data_manager(names, seqnr_of[data_column])
             )
     return list(dict.fromkeys(files)), list(dict.fromkeys(subtables)), growth
 

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from casaguard.journal.hook import files_of_data_manager
+from casaguard.journal.layout import files_of_data_manager
 
 #: How many one-second attempts to get casacore's write lock before giving up.
 LOCK_ATTEMPTS = 5

@@ -1,0 +1,276 @@
+"""Putting an MS back from its journal, under casacore's own lock, lock-file sync data included."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from casaguard import events
+from casaguard.errors import JournalError
+from casaguard.journal.layout import (
+    _DATA_MANAGER_FILE,
+    _RESTORE_SUFFIX,
+    CLOCK_SLACK_NS,
+    FILES,
+    JOURNAL_MARK,
+    LOCK_FILE,
+    LOCK_REQUEST_BYTES,
+    MANIFEST,
+    RESTORE_FAILED_MESSAGE,
+    RESTORE_LOCK_WAIT_S,
+    _stat,
+)
+
+log = events.get_logger()
+
+
+def _read_manifest(journal: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((journal / MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        raise JournalError(f"cannot read the manifest of {journal}: {error}") from None
+    if not isinstance(manifest, dict):
+        raise JournalError(f"the manifest of {journal} is not an object")
+    return manifest
+
+
+def _inside(root: Path, rel: Any, *, what: str) -> Path:
+    """``root / rel`` if ``rel`` is a plain relative path that stays inside ``root``."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise JournalError(f"manifest path {rel!r} ({what}) is not a path inside {root}")
+    target = root / rel
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(target)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise JournalError(f"manifest path {rel!r} ({what}) resolves outside {root}: {real}")
+    return target
+
+
+def _validated(root: Path, journal: Path, manifest: dict[str, Any]) -> None:
+    """Every path the manifest names lies inside the MS (and its copy inside the journal)."""
+    for key in ("saved", "main_entries"):
+        if not isinstance(manifest.get(key), list):
+            raise JournalError(f"the manifest of {journal} has no {key} list")
+    if "table.dat" not in manifest["main_entries"]:
+        raise JournalError(f"the manifest of {journal} does not list the MS's table.dat")
+    rels = [*manifest["saved"], *manifest.get("locks", {})]
+    for rel in rels:
+        _inside(root, rel, what="restored file")
+        copy = _inside(journal / FILES, rel, what="journal copy")
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.lstat(copy).st_mode):
+                raise JournalError(f"journal copy {copy} is not a plain file")
+    for name in manifest.get("subtables", {}):
+        _inside(root, name, what="subtable")
+    for entries in manifest.get("subtable_entries", {}).values():
+        for rel in entries:
+            _inside(root, rel, what="subtable entry")
+
+
+def restore(journal: str | os.PathLike[str], *, vis: str) -> list[str]:
+    """Restore ``vis`` from ``journal`` (the writer must be dead, the writer lock held).
+
+    Args:
+        journal: a journal directory written by ``take_snapshot``.
+        vis: the MS the journal was found from; the manifest must name it.
+
+    Returns:
+        Absolute paths restored or removed; empty if there is no manifest
+        (the writer died before the task started).
+
+    Raises:
+        JournalError: see ``MsJournal.restore``.
+    """
+    journal = Path(journal)
+    root = Path(vis)
+    if not (journal / MANIFEST).exists():
+        log.info("journal_restored", journal=str(journal), restored=[], note="no snapshot yet")
+        return []
+    try:
+        return _restore(journal, root)
+    except BaseException as error:
+        _remove_temp_files(root)
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        why = str(error) if isinstance(error, JournalError) else f"{type(error).__name__}: {error}"
+        raise JournalError(
+            RESTORE_FAILED_MESSAGE.format(vis=root, why=why, journal=journal)
+        ) from error
+
+
+def _restore(journal: Path, root: Path) -> list[str]:
+    manifest = _read_manifest(journal)
+    if os.path.realpath(str(manifest.get("vis"))) != os.path.realpath(root):
+        raise JournalError(f"its manifest names {manifest.get('vis')!r}, not {root}")
+    _validated(root, journal, manifest)
+    saved: list[str] = manifest["saved"]
+    recorded: dict[str, Any] = manifest.get("stat", {})
+    changed = [rel for rel in saved if _stat(root / rel) != recorded.get(rel)]
+    created = _created_entries(root, manifest)
+    lock_files: dict[str, bool] = manifest.get("locks", {})
+    tables = sorted({str(Path(rel).parent) for rel in lock_files}, key=len) or ["."]
+    with contextlib.ExitStack() as held:
+        for table in tables:
+            if not held.enter_context(_table_lock(root / table)):
+                if not changed and not created:
+                    log.info("journal_restored", vis=str(root), restored=[], note="nothing changed")
+                    return []
+                raise JournalError(f"another process holds the lock of {root / table}")
+        done: list[str] = []
+        same_fs = _same_device(journal, root)
+        # table.dat last: until it is back, the old column set is not visible.
+        for rel in sorted(saved, key=lambda r: Path(r).name == "table.dat"):
+            source = journal / FILES / rel
+            if not same_fs and rel not in changed:
+                continue  # a copy across file systems is dear; this file was not touched
+            _put_back(source, root / rel, move=same_fs)
+            done.append(str(root / rel))
+        for path in created:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            done.append(str(path))
+        for rel, existed in lock_files.items():
+            if (root / rel).exists():
+                _put_back_sync_data(journal / FILES / rel if existed else None, root / rel)
+    unjournaled = _unjournaled_changes(root, manifest)
+    if unjournaled:
+        log.warning("journal_unjournaled_change", vis=str(root), paths=unjournaled)
+    log.info(
+        "journal_restored",
+        vis=str(root),
+        restored=sorted(done),
+        changed=sorted(changed),
+        created=sorted(str(p) for p in created),
+    )
+    return sorted(done)
+
+
+def _put_back_sync_data(saved: Path | None, target: Path) -> None:
+    """Write the snapshot's sync data (bytes LOCK_REQUEST_BYTES on) into ``target`` in place.
+
+    The head of the file (casacore's list of waiting processes) is kept as it
+    is now; ``saved=None`` (no lock file at snapshot time) empties the file.
+    """
+    data = saved.read_bytes() if saved is not None else b""
+    fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        current = os.pread(fd, LOCK_REQUEST_BYTES, 0)
+        if saved is not None and len(data) >= LOCK_REQUEST_BYTES == len(current):
+            data = current + data[LOCK_REQUEST_BYTES:]
+        if os.pread(fd, len(data) + 1, 0) == data:
+            return
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def _remove_temp_files(root: Path) -> None:
+    with contextlib.suppress(OSError):
+        for path in root.rglob(f"*{_RESTORE_SUFFIX}"):
+            path.unlink(missing_ok=True)
+
+
+def _put_back(saved: Path, target: Path, *, move: bool) -> None:
+    if not saved.exists():
+        return  # put back by an earlier, interrupted restore of this journal
+    if move:
+        os.replace(saved, target)
+        return
+    tmp = target.with_name(target.name + _RESTORE_SUFFIX)
+    try:
+        shutil.copy2(saved, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Entries the aborted call created, and only those.
+
+    An entry counts only if the snapshot did not list it, the declared writes
+    can create it (a new ``table.f<N>*`` data-manager file of the main table or
+    casacore's ``table.dat_tmp``, a
+    new file of a journaled subtable, a declared subtable that did not exist),
+    and it was born after the snapshot was taken.
+    """
+    taken = int(manifest.get("taken_ns", 0)) - CLOCK_SLACK_NS
+    created: list[Path] = []
+    before = set(manifest["main_entries"])
+    new_subtables = {name for name, existed in manifest.get("subtables", {}).items() if not existed}
+    for entry in sorted(root.iterdir()):
+        if entry.name in before or entry.name == LOCK_FILE or JOURNAL_MARK in entry.name:
+            continue
+        if not (_DATA_MANAGER_FILE.match(entry.name) or entry.name in new_subtables):
+            continue
+        if os.lstat(entry).st_ctime_ns >= taken:
+            created.append(entry)
+    for name, existed in manifest.get("subtables", {}).items():
+        if not existed or not (root / name).is_dir() or (root / name).is_symlink():
+            continue
+        known = set(manifest.get("subtable_entries", {}).get(name, []))
+        for entry in sorted((root / name).rglob("*")):
+            rel = str(entry.relative_to(root))
+            inside_new = any(parent in created for parent in entry.parents)
+            if rel in known or entry.name == LOCK_FILE or inside_new:
+                continue
+            if os.lstat(entry).st_ctime_ns >= taken:
+                created.append(entry)
+    return created
+
+
+def _unjournaled_changes(root: Path, manifest: dict[str, Any]) -> list[str]:
+    saved = set(manifest["saved"])
+    return sorted(
+        rel
+        for rel, before in manifest.get("stat", {}).items()
+        if rel not in saved and Path(rel).name != LOCK_FILE and _stat(root / rel) != before
+    )
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+@contextlib.contextmanager
+def _table_lock(table: Path) -> Iterator[bool]:
+    """Hold casacore's write lock (an fcntl lock on byte 0 of table.lock) while restoring.
+
+    Taking a lock changes no byte of the file. If the lock file is missing
+    nobody can hold the table, and it is not created here.
+    """
+    try:
+        fd = os.open(table / LOCK_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        deadline = time.monotonic() + RESTORE_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        try:
+            yield True
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+    finally:
+        os.close(fd)

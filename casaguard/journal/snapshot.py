@@ -1,0 +1,171 @@
+"""The snapshot, in the child before the task: copy what the task may change, then the manifest."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from casaguard.errors import InvalidInput
+from casaguard.journal.layout import (
+    _FICLONE,
+    FILES,
+    LOCK_FILE,
+    MANIFEST,
+    NO_SPACE_MESSAGE,
+    SPACE_MARGIN_BYTES,
+    _stat_tree,
+)
+
+
+def take_snapshot(
+    journal: str | os.PathLike[str],
+    vis: str,
+    *,
+    task: str,
+    files: Sequence[str],
+    subtables: Sequence[str],
+    growth_bytes: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Copy ``files`` and whole ``subtables`` of ``vis`` into ``journal``, then write the manifest.
+
+    Runs in the child, before the task. Nothing of the MS is modified. Each
+    copied table's ``table.lock`` is copied too (its sync data, see the module
+    docstring), listed under ``locks`` (``null`` when the table had none).
+
+    Args:
+        journal: the (empty) journal directory.
+        vis: the MS.
+        task: task name, for messages.
+        files: main-table file names to copy (``table.dat``, ``table.f4_TSM1``...).
+        subtables: subtable directory names (relative to ``vis``) to copy whole;
+            one that does not exist yet is recorded as absent.
+        growth_bytes: what the task may add to the MS (columns it creates).
+        extra: more facts for the manifest (e.g. how long the planning took).
+
+    Returns:
+        The manifest.
+
+    Raises:
+        InvalidInput: not enough free space; nothing was copied.
+    """
+    root = Path(vis)
+    journal = Path(journal)
+    taken_ns = time.time_ns()
+    saved = [name for name in files if (root / name).is_file() and name != LOCK_FILE]
+    present = [name for name in subtables if (root / name).is_dir()]
+    for name in present:
+        saved += [
+            str(p.relative_to(root))
+            for p in sorted((root / name).rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.name != LOCK_FILE
+        ]
+    saved = list(dict.fromkeys(saved))
+    lock_of = {"": LOCK_FILE, **{name: f"{name}/{LOCK_FILE}" for name in present}}
+    locks = {rel: (root / rel).is_file() for rel in lock_of.values()}
+    copied = saved + [rel for rel, exists in locks.items() if exists]
+    snapshot_bytes = sum((root / rel).stat().st_size for rel in copied)
+    _check_space(task, vis, journal, snapshot_bytes, growth_bytes)
+    started = time.monotonic()
+    try:
+        for rel in copied:
+            target = journal / FILES / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_file(root / rel, target)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        shutil.rmtree(journal / FILES, ignore_errors=True)
+        stats = os.statvfs(journal)
+        raise InvalidInput(
+            NO_SPACE_MESSAGE.format(
+                task=task,
+                vis=vis,
+                need_mb=(snapshot_bytes + SPACE_MARGIN_BYTES) / 1e6,
+                where=journal.parent,
+                free_mb=stats.f_bavail * stats.f_frsize / 1e6,
+            )
+        ) from None
+    manifest = {
+        "version": 2,
+        "vis": vis,
+        "task": task,
+        "pid": os.getpid(),
+        "parent_pid": os.getppid(),
+        "taken_ns": taken_ns,
+        "saved": saved,
+        "locks": locks,
+        "subtables": {name: name in present for name in subtables},
+        "main_entries": sorted(p.name for p in root.iterdir()),
+        "subtable_entries": {
+            name: sorted(str(p.relative_to(root)) for p in (root / name).rglob("*"))
+            for name in present
+        },
+        "stat": _stat_tree(root),
+        "bytes": snapshot_bytes,
+        "copy_s": round(time.monotonic() - started, 4),
+        **(extra or {}),
+    }
+    tmp = journal / (MANIFEST + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(manifest))
+    os.replace(tmp, journal / MANIFEST)
+    return manifest
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy one file at the lowest cost the file system offers, keeping mode and times.
+
+    A reflink (``FICLONE``: btrfs, XFS) shares the blocks until one side is
+    written; else ``copy_file_range`` copies inside the kernel.
+    """
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        except OSError:
+            _copy_range(src.fileno(), dst.fileno(), os.fstat(src.fileno()).st_size)
+    shutil.copystat(source, target)
+
+
+def _copy_range(src: int, dst: int, size: int) -> None:
+    copied = 0
+    try:
+        while copied < size:
+            step = os.copy_file_range(src, dst, size - copied)
+            if step == 0:
+                break
+            copied += step
+        return
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    os.lseek(src, copied, os.SEEK_SET)
+    os.lseek(dst, copied, os.SEEK_SET)
+    while chunk := os.read(src, 1 << 20):
+        os.write(dst, chunk)
+
+
+def _check_space(task: str, vis: str, journal: Path, snapshot_bytes: int, growth: int) -> None:
+    needs: dict[int, list[Any]] = {}
+    for where, amount in ((journal, snapshot_bytes), (Path(vis), growth)):
+        device = os.stat(where).st_dev
+        entry = needs.setdefault(device, [where, 0])
+        entry[1] += amount
+    for where, amount in needs.values():
+        need = amount + SPACE_MARGIN_BYTES
+        stats = os.statvfs(where)
+        free = stats.f_bavail * stats.f_frsize
+        if free < need:
+            raise InvalidInput(
+                NO_SPACE_MESSAGE.format(
+                    task=task, vis=vis, need_mb=need / 1e6, where=where, free_mb=free / 1e6
+                )
+            )
