@@ -123,7 +123,8 @@ def test_plain_output_off_a_terminal_and_under_no_color(ms: Path, tmp_path: Path
             env={**os.environ, **extra},
             check=False,
         )
-        assert result.returncode == cli_batch.EXIT_FAILED, result.stderr
+        # A missing MS is rejected before CASA (bad input), like `casaguard clearcal` on it.
+        assert result.returncode == cli_batch.EXIT_BAD_INPUT, result.stderr
         assert "\x1b" not in result.stdout + result.stderr
         assert "task_finished" in result.stderr  # -v shows info records, plainly
         assert result.stdout.splitlines()[0].split() == ["#", "input", "outcome", "time", "detail"]
@@ -167,9 +168,11 @@ def test_run_json_is_plain_and_parses(ms: Path, tmp_path: Path) -> None:
 
 
 def test_run_table_detail_is_the_clean_casa_error(ms: Path, complist: Path, tmp_path: Path) -> None:
-    """`casaguard run ft` on a read-only MS (as a user who obeys file modes) shows CASA's
-    clean error in the detail column, not the SEVERE log line with its timestamp."""
-    subprocess.run(["chmod", "-R", "a-w", str(ms)], check=True)
+    """`casaguard run ft` on an MS whose table.lock is read-only (as a user who obeys file
+    modes) shows CASA's clean error in the detail column, not the SEVERE log line with its
+    timestamp. (Only the lock file: a read-only table.dat is refused by the pre-flight
+    before CASA runs.)"""
+    (ms / "table.lock").chmod(0o444)
     try:
         result = subprocess.run(
             [
@@ -191,7 +194,7 @@ def test_run_table_detail_is_the_clean_casa_error(ms: Path, complist: Path, tmp_
             check=False,
         )
     finally:
-        subprocess.run(["chmod", "-R", "u+w", str(ms)], check=True)
+        (ms / "table.lock").chmod(0o644)
     assert result.returncode == cli_batch.EXIT_FAILED, result.stderr
     row = result.stdout.splitlines()[1]
     assert row.split()[2] == "casa-error"

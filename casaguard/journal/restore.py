@@ -117,6 +117,18 @@ def _restore(journal: Path, root: Path) -> list[str]:
     changed = [rel for rel in saved if _stat(root / rel) != recorded.get(rel)]
     created = _created_entries(root, manifest)
     lock_files: dict[str, bool] = manifest.get("locks", {})
+    if (
+        not changed
+        and not created
+        and all(
+            _sync_data_unchanged(journal / FILES / rel if existed else None, root / rel)
+            for rel, existed in lock_files.items()
+        )
+    ):
+        # The call died before it wrote (e.g. CASA could not lock the table): nothing
+        # to put back, and no need to open files it may not be allowed to write.
+        log.info("journal_restored", vis=str(root), restored=[], note="nothing changed")
+        return []
     tables = sorted({str(Path(rel).parent) for rel in lock_files}, key=len) or ["."]
     with contextlib.ExitStack() as held:
         for table in tables:
@@ -154,6 +166,17 @@ def _restore(journal: Path, root: Path) -> list[str]:
         created=sorted(str(p) for p in created),
     )
     return sorted(done)
+
+
+def _sync_data_unchanged(saved: Path | None, target: Path) -> bool:
+    """Whether ``target``'s sync data (from byte LOCK_REQUEST_BYTES) is the snapshot's."""
+    try:
+        now = target.read_bytes()
+    except FileNotFoundError:
+        return saved is None
+    if saved is None:
+        return now == b""
+    return now[LOCK_REQUEST_BYTES:] == saved.read_bytes()[LOCK_REQUEST_BYTES:]
 
 
 def _put_back_sync_data(saved: Path | None, target: Path) -> None:
