@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -663,7 +664,7 @@ def test_vis_list_prints_the_outcome_table(variants: Variants, tmp_path: Path) -
     listing.write_text("".join(f"{p}\n" for p in paths))
     result = _cli(["repair", "--vis-list", str(listing)])
     assert result.returncode == 1, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line[:4].strip().isdigit()]
+    rows = [line for line in result.stdout.splitlines() if re.match(r"\s*\d+  ", line)]
     assert len(rows) == 2 and "safe; no fixes" in rows[0]
     assert "no fix: " in rows[1] and "SPW_NUM_CHAN_MISMATCH" in rows[1]
 
