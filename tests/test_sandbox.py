@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -224,6 +225,10 @@ class _CrashesWhenCollected:
 
 
 def _return_then_crash_in_teardown() -> int:
+    # No automatic collection in this (throwaway) child: the cycle must die in the
+    # child's explicit gc.collect() after the reply, not in a GC pass that happens to
+    # run while the reply is pickled (seen in a full-suite run after a warm template).
+    gc.disable()
     _CrashesWhenCollected()
     return 42
 
