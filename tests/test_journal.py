@@ -544,16 +544,17 @@ import casaguard
 
 def report(logger, name, event):
     if event["event"] == "journal_restored":
-        print("RESTORED", json.dumps(event["restored"]), flush=True)
+        print("RESTORED", json.dumps([event["restored"], event.get("note")]), flush=True)
     raise structlog.DropEvent
 
 structlog.configure(processors=[report])
-vis, complist = sys.argv[1:]
+vis, complist, delay = sys.argv[1:]
 pattern = os.path.join(os.path.dirname(vis), "." + os.path.basename(vis) + "{mark}*/manifest.json")
 
 def interrupt_once_the_task_runs():
     while not glob.glob(pattern):
         time.sleep(0.002)
+    time.sleep(float(delay))
     os.kill(os.getpid(), signal.SIGINT)
 
 threading.Thread(target=interrupt_once_the_task_runs, daemon=True).start()
@@ -565,9 +566,10 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_during_the_task_restores(ms: Path, complist: Path, tmp_path: Path) -> None:
-    """Ctrl-C in the caller while ft runs kills the child and restores the MS before re-raising;
-    CASA's next reader and writer accept the MS."""
+def test_ctrl_c_during_the_task_restores(kill_ms: BigMs, tmp_path: Path) -> None:
+    """Ctrl-C in the caller half-way through ft kills the child and puts MODEL_DATA's tiles back
+    before re-raising; no journal stays and CASA's next reader and writer accept the MS."""
+    ms, complist = kill_ms.copy("ctrl-c"), kill_ms.complist
     before = _tree(ms)
     result = subprocess.run(
         [
@@ -576,6 +578,8 @@ def test_ctrl_c_during_the_task_restores(ms: Path, complist: Path, tmp_path: Pat
             textwrap.dedent(CTRL_C_PARENT).replace("{mark}", journal_layout.JOURNAL_MARK),
             str(ms),
             str(complist),
+            # Half-way through a clean ft: the task has written, and has far from finished.
+            str(kill_ms.ft_s / 2),
         ],
         capture_output=True,
         text=True,
@@ -584,8 +588,8 @@ def test_ctrl_c_during_the_task_restores(ms: Path, complist: Path, tmp_path: Pat
         check=False,
     )
     assert "INTERRUPTED" in result.stdout, result.stdout + result.stderr
-    restored = json.loads(result.stdout.split("RESTORED ", 1)[1].splitlines()[0])
-    assert str(ms / "table.f4_TSM1") in restored
+    restored, note = json.loads(result.stdout.split("RESTORED ", 1)[1].splitlines()[0])
+    assert str(ms / "table.f4_TSM1") in restored, (restored, note)
     assert _tree(ms) == before and _journals(ms) == []
     assert_casa_can_use(ms, complist)
 
