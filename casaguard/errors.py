@@ -7,6 +7,7 @@ branch on data, not on message text::
     CasaguardError                      anything casaguard raises on purpose
     +-- SetupError                      casadata missing, child cannot start CASA
     +-- InvalidInput                    bad path, not an MS, unknown task...
+    |   +-- ReadOnlyMs                  a write cannot succeed (also a RuntimeError, as CASA's)
     +-- JournalError                    a crashed write could not be rolled back
     +-- CasaCrash                       a guarded call did not return normally
         +-- HeapCorruption              double-free, corrupted-size, invalid-pointer, heap-...
@@ -57,6 +58,14 @@ class SetupError(CasaguardError):
 
 class InvalidInput(CasaguardError, ValueError):
     """The caller's input cannot be used: missing path, not an MS, unknown task."""
+
+
+class ReadOnlyMs(InvalidInput, RuntimeError):
+    """A guarded write refused before anything was touched: the MS cannot be written.
+
+    Also a ``RuntimeError`` because plain CASA refuses the same MS with one, so a
+    drop-in's ``except RuntimeError:`` keeps catching it.
+    """
 
 
 class JournalError(CasaguardError):

@@ -29,6 +29,7 @@ from next_reader import assert_casa_can_use
 from structlog.testing import capture_logs
 
 import casaguard
+from casaguard import casaenv
 from casaguard.api import params as task_params
 from casaguard.errors import SELF_LOCKED_MESSAGE, CasaTaskError
 from casaguard.sandbox import pids, signals
@@ -418,6 +419,109 @@ def test_except_runtimeerror_catches_a_casa_error_from_guarded_ft(
         cwd=tmp_path,
     )
     assert _result(result) == [True, "casa-error", True, "CasaTaskError[RuntimeError]"]
+
+
+GUARDED_FT_REFUSED = """
+import json, sys, casaguard
+try:
+    casaguard.ft(vis=sys.argv[1], complist=sys.argv[2], usescratch=True)
+    print("RESULT " + json.dumps(None))
+except RuntimeError as error:
+    print("RESULT " + json.dumps([isinstance(error, casaguard.ReadOnlyMs),
+                                  isinstance(error, casaguard.InvalidInput), str(error)]))
+"""
+
+
+def _digest(ms: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(ms)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(ms.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_except_runtimeerror_catches_the_preflight_refusal_of_a_read_only_table_dat(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """Plain ft raises RuntimeError on a read-only table.dat; guarded ft (journal on) refuses it
+    before anything is touched with a one-line ReadOnlyMs that `except RuntimeError` catches."""
+    (ms / "table.dat").chmod(0o444)
+    assert _plain_ft_mro(ms, str(complist), drop_root=True)[0] == "RuntimeError"
+    before = _digest(ms)
+    path = tmp_path / "refused.py"
+    path.write_text(GUARDED_FT_REFUSED)
+    result = subprocess.run(
+        [*DROP_ROOT_POWERS, sys.executable, str(path), str(ms), str(complist)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    read_only, invalid_input, message = _result(result)
+    assert read_only and invalid_input and "\n" not in message
+    assert "table.dat is not writable" in message and "nothing was changed" in message
+    assert _digest(ms) == before
+
+
+PLAIN_OR_GUARDED_FT = """
+import json, sys
+vis, complist, guarded = sys.argv[1], sys.argv[2], sys.argv[3] == "guarded"
+if guarded:
+    import casaguard as tasks
+else:
+    import casatasks as tasks
+try:
+    tasks.ft(vis=vis, complist=complist, usescratch=True)
+    print("RESULT " + json.dumps("returned"))
+except Exception as error:
+    print("RESULT " + json.dumps(type(error).__name__))
+"""
+
+
+@pytest.mark.parametrize(
+    ("read_only", "plain", "guarded"),
+    [
+        # Measured on this machine's CASA (a sweep over every file of the main table,
+        # HISTORY and SOURCE): ft never opens most data files for writing; it opens
+        # MODEL_DATA's tiles and returns having logged SEVERE (a silent failure, which
+        # strict mode raises); it opens HISTORY's and SOURCE's storage for update and raises.
+        ("table.f1", "returned", "returned"),
+        ("table.f4_TSM1", "returned, SEVERE", "CasaSevereError"),
+        ("HISTORY/table.f0", "RuntimeError", "CasaTaskError[RuntimeError]"),
+        ("SOURCE/table.f0i", "RuntimeError", "CasaTaskError[RuntimeError]"),
+    ],
+)
+def test_a_read_only_data_file_fails_guarded_ft_exactly_when_it_fails_plain_ft(
+    ms: Path, complist: Path, tmp_path: Path, read_only: str, plain: str, guarded: str
+) -> None:
+    """A read-only file other than table.dat is CASA's to judge, not the pre-flight's: guarded ft
+    returns where plain ft does, raises where plain ft raises or logs SEVERE, and CASA's next
+    reader and writer accept the MS afterwards."""
+    twin = tmp_path / "twin" / ms.name
+    shutil.copytree(ms, twin)
+    outcomes = {}
+    for side, vis in (("plain", twin), ("guarded", ms)):
+        (vis / read_only).chmod(0o444)
+        path = tmp_path / f"{side}.py"
+        path.write_text(PLAIN_OR_GUARDED_FT)
+        result = subprocess.run(
+            [*DROP_ROOT_POWERS, sys.executable, str(path), str(vis), str(complist), side],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            cwd=tmp_path,
+            env=casaenv.child_environment() if side == "plain" else None,
+        )
+        outcome = _result(result)
+        # A plain ft that returned may have failed silently: CASA's log goes to /dev/null
+        # in casaenv's environment, but its SEVERE lines still reach stderr.
+        silent_failure = side == "plain" and outcome == "returned" and "SEVERE" in result.stderr
+        outcomes[side] = outcome + (", SEVERE" if silent_failure else "")
+        (vis / read_only).chmod(0o644)
+    assert outcomes == {"plain": plain, "guarded": guarded}
+    assert_casa_can_use(ms, complist)
 
 
 def test_except_valueerror_catches_a_missing_complist_from_guarded_ft(

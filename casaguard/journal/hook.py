@@ -60,8 +60,8 @@ Who does what (the parent never imports casacore)::
 
     parent: MsJournal                         child (CASA)
     -----------------                         ------------
-    check_writable_ms (missing, not an MS,
-        read-only -> InvalidInput)
+    check_writable_ms (missing, not an MS -> InvalidInput;
+        read-only -> ReadOnlyMs)
     before(): flock <ms>/.casaguard-writer.lock -- one guarded writer per MS
               pending journal of this MS?  -> JournalError (or discard it)
               mkdir <journal>, heartbeat thread
@@ -131,16 +131,15 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from casaguard import events
-from casaguard.errors import InvalidInput, JournalError
+from casaguard.errors import InvalidInput, JournalError, ReadOnlyMs
 from casaguard.journal.layout import (
     ALWAYS_SUBTABLES,
     HEARTBEAT,
-    LOCK_FILE,
     MANIFEST,
     NOT_MS_MESSAGE,
     PENDING_MESSAGE,
@@ -163,7 +162,16 @@ log = events.get_logger()
 
 
 def check_writable_ms(vis: str, *, task: str, writes: Sequence[str] = ()) -> None:
-    """Reject, before anything is touched, an MS that a write cannot succeed on.
+    """Reject, before anything is touched, an MS that a guarded write cannot succeed on.
+
+    Refused: a main ``table.dat`` that is not writable (every writer task of plain
+    CASA fails on it, with the field report's error), and a directory the write
+    must create or rename files in -- the MS and each declared subtable that
+    exists -- because the journal puts files back by rename there (and clearcal
+    dies of an uncaught AipsError on such an MS). Any other unwritable file is
+    left to CASA, which writes some of them and never opens others for writing
+    (measured, ``tests/test_writepath.py``); its error comes back as a
+    ``CasaTaskError`` after the journal's restore, as plain CASA's would.
 
     Args:
         vis: absolute path of the MS.
@@ -171,7 +179,8 @@ def check_writable_ms(vis: str, *, task: str, writes: Sequence[str] = ()) -> Non
         writes: declared columns / subtables (subtables are checked too).
 
     Raises:
-        InvalidInput: the path is missing, is not a Measurement Set, or is read-only.
+        InvalidInput: the path is missing or is not a Measurement Set.
+        ReadOnlyMs: the MS cannot be written (also a ``RuntimeError``).
     """
     require_ms(vis)
     path = Path(vis)
@@ -185,20 +194,11 @@ def check_writable_ms(vis: str, *, task: str, writes: Sequence[str] = ()) -> Non
             NOT_MS_MESSAGE.format(task=task, vis=vis, why="table.info does not say Measurement Set")
         )
     subtables = [path / name for name in (*writes, *ALWAYS_SUBTABLES) if (path / name).is_dir()]
-    for candidate in _writable_candidates(path, subtables):
+    for candidate in (path, *subtables, path / "table.dat"):
         if not os.access(candidate, os.W_OK):
             hint = READ_ONLY_TABLE_DAT_HINT if candidate.name == "table.dat" else ""
-            raise InvalidInput(
-                READ_ONLY_MESSAGE.format(task=task, vis=vis, path=candidate, hint=hint)
-            )
-
-
-def _writable_candidates(path: Path, subtables: Iterable[Path]) -> Iterator[Path]:
-    for directory in (path, *subtables):
-        yield directory
-        for entry in sorted(directory.iterdir()):
-            if entry.is_file() and entry.name != LOCK_FILE:
-                yield entry
+            message = READ_ONLY_MESSAGE.format(task=task, vis=vis, path=candidate, hint=hint)
+            raise ReadOnlyMs(message)
 
 
 class MsJournal:

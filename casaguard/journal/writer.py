@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from casaguard import events
-from casaguard.errors import LOCKED_MESSAGE, InvalidInput, MsLocked
+from casaguard.errors import LOCKED_MESSAGE, InvalidInput, MsLocked, ReadOnlyMs
 from casaguard.journal.layout import (
     HEARTBEAT,
     HEARTBEAT_S,
@@ -57,7 +57,7 @@ def _open_writer_lock(vis: str, task: str) -> int:
         mode = 0o660 if group_writes else 0o600
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as error:
-        raise InvalidInput(
+        raise ReadOnlyMs(
             READ_ONLY_MESSAGE.format(task=task, vis=vis, path=path, hint=f": {error.strerror}")
         ) from None
     st = os.fstat(fd)
@@ -77,7 +77,7 @@ def _one_writer(vis: str, lock_timeout: float, task: str) -> int:
 
     Raises:
         MsLocked: another guarded write to this MS still runs after ``lock_timeout``.
-        InvalidInput: the lock file cannot be created or opened (a read-only MS).
+        ReadOnlyMs: the lock file cannot be created or opened (a read-only MS).
     """
     fd = _open_writer_lock(vis, task)
     started = time.monotonic()
@@ -152,7 +152,7 @@ def writer_lock(vis: str | os.PathLike[str], *, timeout: float, task: str) -> It
 
     Raises:
         MsLocked: another writer still holds it after ``timeout`` seconds.
-        InvalidInput: the lock file cannot be created or opened (a read-only MS).
+        ReadOnlyMs: the lock file cannot be created or opened (a read-only MS).
     """
     fd = _one_writer(os.path.abspath(vis), timeout, task)
     try:
