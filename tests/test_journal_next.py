@@ -188,6 +188,27 @@ def test_restore_journal_refuses_to_undo_a_later_write(
     assert_casa_can_use(ms, complist)
 
 
+def test_restore_journal_refuses_a_write_that_lands_just_after_the_call_died(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """A write to MODEL_DATA's tiles landing LATER_WRITE_MARGIN_S + 0.1 s after the dead call's
+    last heartbeat is someone else's newer work: restore-journal refuses to undo it."""
+    orphan = _kill_caller_mid_ft(ms, complist, tmp_path)
+    last_beat = (orphan / journal_layout.HEARTBEAT).stat().st_mtime
+    time.sleep(max(0.0, last_beat + journal_layout.LATER_WRITE_MARGIN_S + 0.1 - time.time()))
+    tiles = ms / "table.f4_TSM1"
+    with tiles.open("r+b") as later_writer:  # the same byte back: a write, content unchanged
+        first = later_writer.read(1)
+        later_writer.seek(0)
+        later_writer.write(first)
+    newer = _tree(ms)
+    result = _cli(["restore-journal", str(ms)], tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = _error_lines(result)
+    assert len(lines) == 1 and "table.f4_TSM1" in lines[0], result.stderr
+    assert _tree(ms) == newer and orphan.is_dir()
+
+
 # --- disk full: during the snapshot, during the restore (tmpfs in a private mount namespace) --
 
 

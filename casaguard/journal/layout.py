@@ -61,11 +61,16 @@ WRITER_LOCK_FILE = ".casaguard-writer.lock"
 
 
 #: How often the parent touches the journal's heartbeat while the call runs.
-HEARTBEAT_S = 0.5
+HEARTBEAT_S = 0.2
 
 
 #: A file newer than the last heartbeat by more than this was written after the call died.
-LATER_WRITE_MARGIN_S = 2.0
+#: The dead call's own last write lands at most one beat after the last heartbeat plus the
+#: time its child takes to die with the caller: parent-death signals kill it within
+#: 2-32 ms of a SIGKILLed caller (measured, template and spawn mode). Any later write is
+#: someone else's newer work, which restore-journal refuses to undo; a shorter window
+#: leaves less room for such a write to pass as the dead call's.
+LATER_WRITE_MARGIN_S = 0.5
 
 
 #: Tolerance between time.time_ns() and the kernel's coarse file timestamps.
