@@ -165,6 +165,16 @@ casatasks.ft(vis=sys.argv[1], complist=sys.argv[2], usescratch=True)
 """
 
 
+def _assert_restore_refused(ms: Path, orphan: Path, tmp_path: Path, words: str) -> None:
+    """restore-journal refuses in one line naming ``words``, exit 1, and changes nothing."""
+    newer = _tree(ms)
+    result = _cli(["restore-journal", str(ms)], tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = _error_lines(result)
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert _tree(ms) == newer and orphan.is_dir()
+
+
 def test_restore_journal_refuses_to_undo_a_later_write(
     ms: Path, complist: Path, tmp_path: Path
 ) -> None:
@@ -176,12 +186,7 @@ def test_restore_journal_refuses_to_undo_a_later_write(
         PLAIN_FT.replace("sys.argv[1]", repr(str(ms))).replace("sys.argv[2]", repr(str(complist)))
     )
     assert done.returncode == 0, done.stderr
-    newer = _tree(ms)
-    result = _cli(["restore-journal", str(ms)], tmp_path)
-    assert result.returncode == 1, result.stderr
-    lines = _error_lines(result)
-    assert len(lines) == 1 and "was written after the call" in lines[0], result.stderr
-    assert _tree(ms) == newer and orphan.is_dir()
+    _assert_restore_refused(ms, orphan, tmp_path, "was written after the call")
     forced = _cli(["restore-journal", str(ms), "--force"], tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert not orphan.exists()
@@ -201,12 +206,7 @@ def test_restore_journal_refuses_a_write_that_lands_just_after_the_call_died(
         first = later_writer.read(1)
         later_writer.seek(0)
         later_writer.write(first)
-    newer = _tree(ms)
-    result = _cli(["restore-journal", str(ms)], tmp_path)
-    assert result.returncode == 1, result.stderr
-    lines = _error_lines(result)
-    assert len(lines) == 1 and "table.f4_TSM1" in lines[0], result.stderr
-    assert _tree(ms) == newer and orphan.is_dir()
+    _assert_restore_refused(ms, orphan, tmp_path, "table.f4_TSM1")
 
 
 # --- disk full: during the snapshot, during the restore (tmpfs in a private mount namespace) --

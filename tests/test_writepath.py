@@ -402,22 +402,30 @@ def _plain_ft_mro(ms: Path, complist: str, *, drop_root: bool) -> list[str]:
     return _result(result)  # type: ignore[no-any-return]
 
 
+def _obeying_file_modes(tmp_path: Path, name: str, code: str, *args: str, **kw: Any) -> Any:
+    """Run ``code`` as a script with root's override of file modes dropped; return RESULT."""
+    path = tmp_path / name
+    path.write_text(code)
+    result = subprocess.run(
+        [*DROP_ROOT_POWERS, sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+        **kw,
+    )
+    return result
+
+
 def test_except_runtimeerror_catches_a_casa_error_from_guarded_ft(
     ms: Path, complist: Path, tmp_path: Path
 ) -> None:
     """CASA's RuntimeError (unwritable table.dat) is caught by `except RuntimeError` either way."""
     (ms / "table.dat").chmod(0o444)
     assert _plain_ft_mro(ms, str(complist), drop_root=True)[0] == "RuntimeError"
-    path = tmp_path / "guarded.py"
-    path.write_text(textwrap.dedent(GUARDED_FT_ERROR.format(caught="RuntimeError")))
-    result = subprocess.run(
-        [*DROP_ROOT_POWERS, sys.executable, str(path), str(ms), str(complist)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=tmp_path,
-    )
+    code = textwrap.dedent(GUARDED_FT_ERROR.format(caught="RuntimeError"))
+    result = _obeying_file_modes(tmp_path, "guarded.py", code, str(ms), str(complist))
     assert _result(result) == [True, "casa-error", True, "CasaTaskError[RuntimeError]"]
 
 
@@ -448,16 +456,7 @@ def test_except_runtimeerror_catches_the_preflight_refusal_of_a_read_only_table_
     (ms / "table.dat").chmod(0o444)
     assert _plain_ft_mro(ms, str(complist), drop_root=True)[0] == "RuntimeError"
     before = _digest(ms)
-    path = tmp_path / "refused.py"
-    path.write_text(GUARDED_FT_REFUSED)
-    result = subprocess.run(
-        [*DROP_ROOT_POWERS, sys.executable, str(path), str(ms), str(complist)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=tmp_path,
-    )
+    result = _obeying_file_modes(tmp_path, "refused.py", GUARDED_FT_REFUSED, str(ms), str(complist))
     read_only, invalid_input, message = _result(result)
     assert read_only and invalid_input and "\n" not in message
     assert "table.dat is not writable" in message and "nothing was changed" in message
@@ -503,15 +502,13 @@ def test_a_read_only_data_file_fails_guarded_ft_exactly_when_it_fails_plain_ft(
     outcomes = {}
     for side, vis in (("plain", twin), ("guarded", ms)):
         (vis / read_only).chmod(0o444)
-        path = tmp_path / f"{side}.py"
-        path.write_text(PLAIN_OR_GUARDED_FT)
-        result = subprocess.run(
-            [*DROP_ROOT_POWERS, sys.executable, str(path), str(vis), str(complist), side],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            cwd=tmp_path,
+        result = _obeying_file_modes(
+            tmp_path,
+            f"{side}.py",
+            PLAIN_OR_GUARDED_FT,
+            str(vis),
+            str(complist),
+            side,
             env=casaenv.child_environment() if side == "plain" else None,
         )
         outcome = _result(result)
