@@ -233,6 +233,21 @@ def test_wsclean_as_another_uid_is_repaired_for_a_user_without_root_powers(
     assert "ACCEPTED" in _casa_without_root_powers(ms, complist)
 
 
+def test_a_users_own_read_only_table_dat_is_planned_as_chmod_with_its_own_why(ms: Path) -> None:
+    """A 0444 table.dat the user owns: the dry run plans chmod u+w (not a foreign-owner copy),
+    says why in the user's own terms, and the same plan says the other user's why for nobody."""
+    (ms / "table.dat").chmod(0o444)
+    plans = []
+    for owner in (0, 65534):
+        os.chown(ms / "table.dat", owner, owner)
+        document = _json(_cli(["repair", "--json", str(ms)], prefix=DROP_ROOT_POWERS))
+        fix = next(f for f in document["reports"][0]["fixes"] if "table.dat" in f["finding"])
+        plans.append((fix["changes"][0]["action"], fix["why"]))
+    os.chown(ms / "table.dat", 0, 0)
+    assert plans[0][0] == "chmod-own-file" and "this user's own" in plans[0][1]
+    assert plans[1][0] == "replace-file" and "belong to another user" in plans[1][1]
+
+
 def test_a_file_in_a_directory_the_user_may_not_write_has_no_fix(
     ms_factory: Any, shared_dir: Path
 ) -> None:

@@ -164,6 +164,8 @@ def render(report: RepairReport) -> str:
     if report.verdict_after is not None:
         head += f" -> {report.verdict_after.upper()}"
     mode = "applied" if report.apply else "dry run; --apply makes these changes"
+    if not report.apply and not report.fixes:
+        mode = "dry run"
     lines = [f"{head} ({mode}, {report.elapsed_s:.1f} s)"]
     if not report.fixes and not report.unfixed:
         lines.append("  nothing to repair")

@@ -136,6 +136,19 @@ def _readable(path: str) -> bool:
         return False
 
 
+_FOREIGN_WHY = (
+    "CASA opens these files read/write; they belong to another user (WSClean or a container "
+    "run as another uid rewrote them), so this user cannot write them -- but may replace "
+    "them in their directory, which it can write"
+)
+
+
+_OWN_WHY = (
+    "CASA opens these files read/write; they are this user's own, but their mode forbids "
+    "writing, and a user may change the mode of their own files"
+)
+
+
 @dataclass
 class ReplaceForeignFiles:
     """Files of a table this process may not write, in a directory it may write.
@@ -151,11 +164,7 @@ class ReplaceForeignFiles:
     files: list[str]
     creds: access.Credentials
     name: str = "own-copy"
-    why: str = (
-        "CASA opens these files read/write; they belong to another user (WSClean or a container "
-        "run as another uid rewrote them), so this user cannot write them -- but may replace "
-        "them in their directory, which it can write"
-    )
+    why: str = _FOREIGN_WHY
     consequence: str = "none: the bytes are identical; only owner and write permission change"
     _changes: list[Change] = field(default_factory=list)
 
@@ -183,6 +192,8 @@ class ReplaceForeignFiles:
                     {"owner": _owner(self.creds.uid), "mode": f"{new_mode:04o}"},
                 )
             )
+        own = all(change.action == "chmod-own-file" for change in self._changes)
+        self.why = _OWN_WHY if own else _FOREIGN_WHY
         return list(self._changes)
 
     def backup_files(self) -> list[str]:

@@ -350,14 +350,8 @@ def _message(fix: Fix, report: ProbeReport) -> str:
 
 
 def _planned(fix: Fix, report: ProbeReport) -> PlannedFix:
-    return PlannedFix(
-        fix.code,
-        fix.name,
-        _message(fix, report),
-        fix.why,
-        fix.consequence,
-        [c.to_dict() for c in fix.plan()],
-    )
+    changes = [c.to_dict() for c in fix.plan()]  # first: a fix's why may depend on its plan
+    return PlannedFix(fix.code, fix.name, _message(fix, report), fix.why, fix.consequence, changes)
 
 
 # ----------------------------------------------------------------------------- repair
