@@ -49,7 +49,7 @@ OVERSIZED: dict[str, int] = {
     "casaguard.sandbox.template": 560,
     "casaguard.repairs.report": 560,
     "casaguard.sandbox.template_server": 465,
-    "casaguard.repairs.fixes": 455,
+    "casaguard.repairs.fixes": 465,
 }
 
 
