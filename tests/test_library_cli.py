@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import logging
@@ -17,10 +18,12 @@ import pytest
 import structlog
 from conftest import DROP_ROOT_POWERS
 
+import casaguard
 from casaguard import events
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import batch as cli_batch
 from casaguard.cli import main as cli
+from casaguard.cli import options as cli_options
 from casaguard.cli import output as cli_output
 from casaguard.errors import Segfault
 
@@ -142,6 +145,33 @@ def test_every_task_option_has_help(command: str) -> None:
     """Every option of `casaguard ft` / `clearcal` has help text, the CASA parameters included."""
     missing = [a.dest for a in _subcommand(command)._actions if not a.help]
     assert missing == []
+
+
+@pytest.mark.parametrize("command", ["ft", "clearcal"])
+def test_cli_options_are_the_drop_ins_parameters(command: str) -> None:
+    """`casaguard ft` / `clearcal` take one option per CASA parameter of the drop-in, with the
+    drop-in's defaults, and hand the parsed values to it by name."""
+    drop_in = getattr(casaguard, command)
+    params = [
+        p
+        for p in inspect.signature(drop_in).parameters.values()
+        if p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    sub = _subcommand(command)
+    dests = {a.dest for a in sub._actions} - {"help"}
+    assert {p.name for p in params} <= dests
+    defaults = cli_options.casa_arguments(sub.parse_args(["x.ms"]), drop_in)
+    assert defaults == {"vis": "x.ms", **{p.name: p.default for p in params[1:]}}
+    flags = {
+        "ft": ["--model", "a.im", "--model", "b.im", "--nterms", "2", "--usescratch"],
+        "clearcal": ["--field", "0", "--addmodel"],
+    }[command]
+    given = cli_options.casa_arguments(sub.parse_args(["x.ms", *flags]), drop_in)
+    expected = {
+        "ft": {"model": ["a.im", "b.im"], "nterms": 2, "usescratch": True},
+        "clearcal": {"field": "0", "addmodel": True},
+    }[command]
+    assert given == {**defaults, **expected}
 
 
 @pytest.mark.parametrize("command", ["probe", "regress", "doctor", "run", "ft", "clearcal", "task"])

@@ -34,6 +34,25 @@ def test_parameters_match_casatasks(name: str) -> None:
     assert _casaguard_params(getattr(casaguard, name)) == real
 
 
+@pytest.mark.parametrize("name", ["ft", "clearcal"])
+def test_drop_ins_take_run_tasks_own_options(name: str) -> None:
+    """After the CASA parameters, ft / clearcal take run_task's keyword-only options (bar
+    ``writes``, which a drop-in knows), with the same defaults."""
+
+    def keyword_only(func: object) -> list[tuple[str, object]]:
+        params = inspect.signature(func).parameters.values()  # type: ignore[arg-type]
+        return [(p.name, p.default) for p in params if p.kind is p.KEYWORD_ONLY]
+
+    own = [(n, d) for n, d in keyword_only(casaguard.run_task) if n != "writes"]
+    assert keyword_only(getattr(casaguard, name)) == own
+
+
+def test_a_misspelt_drop_in_keyword_is_pythons_type_error() -> None:
+    """casaguard.ft(bogus=1) is the TypeError any Python function gives, naming ft."""
+    with pytest.raises(TypeError, match=r"^ft\(\) got an unexpected keyword argument 'bogus'$"):
+        casaguard.ft(vis="x.ms", bogus=1)  # type: ignore[call-arg]
+
+
 def test_guarded_ft_writes_what_in_process_ft_writes(
     ms: Path, complist: Path, tmp_path: Path, no_leaks: None
 ) -> None:

@@ -35,9 +35,11 @@ subtable held by the calling process itself is an immediate ``MsLocked``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ParamSpec
 
 from casaguard.api import params as task_params
 from casaguard.errors import InvalidInput
@@ -46,6 +48,8 @@ from casaguard.journal import layout as _journal_layout
 from casaguard.ms.checks import require_ms
 from casaguard.sandbox import callspec, runner
 from casaguard.sandbox.jobdir import Ref
+
+P = ParamSpec("P")
 
 #: casatasks that only read the MS: a READ lock held elsewhere does not block them.
 READ_ONLY_TASKS = frozenset({"listobs", "listhistory", "listpartition", "listvis", "visstat"})
@@ -158,6 +162,35 @@ def run_task(
     return runner.run(spec)
 
 
+def _drop_in(task: str) -> Callable[[Callable[P, Any]], Callable[P, Any]]:
+    """Make a stub's signature the guarded task's: its parameters are written once, there.
+
+    The stub's signature is the one source of a drop-in's parameters: the call
+    binds to it (so positional use, defaults and a misspelt keyword behave as
+    for any Python function), ``run_task`` receives every parameter by name,
+    a test compares the CASA part with the real task objects, and the CLI
+    builds its options from it (``casaguard.cli.task_options``).
+    """
+
+    def wrap(stub: Callable[P, Any]) -> Callable[P, Any]:
+        signature = inspect.signature(stub)
+
+        @functools.wraps(stub)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as error:
+                # Python's own wording for a bad call: "ft() got an unexpected ...".
+                raise TypeError(f"{task}() {error}") from None
+            bound.apply_defaults()
+            return run_task(task, **bound.arguments)
+
+        return guarded
+
+    return wrap
+
+
+@_drop_in("ft")
 def ft(
     vis: str | os.PathLike[str] = "",
     field: str = "",
@@ -190,27 +223,9 @@ def ft(
             CASA's message (e.g. ``Please make sure MS is writable ...``);
             ``restored`` is True when the journal put the MS back.
     """
-    return run_task(
-        "ft",
-        vis=vis,
-        field=field,
-        spw=spw,
-        model=model,
-        nterms=nterms,
-        reffreq=reffreq,
-        complist=complist,
-        incremental=incremental,
-        usescratch=usescratch,
-        timeout=timeout,
-        lock_timeout=lock_timeout,
-        strict=strict,
-        mode=mode,
-        journal=journal,
-        discard_orphan_journal=discard_orphan_journal,
-        casalog=casalog,
-    )
 
 
+@_drop_in("clearcal")
 def clearcal(
     vis: str | os.PathLike[str] = "",
     field: str = "",
@@ -235,21 +250,6 @@ def clearcal(
         InvalidInput: ``vis`` missing, not an MS, read-only, or no room for the journal.
         CasaCrash: a subclass naming how the child failed (``restored``: see ``ft``).
     """
-    return run_task(
-        "clearcal",
-        vis=vis,
-        field=field,
-        spw=spw,
-        intent=intent,
-        addmodel=addmodel,
-        timeout=timeout,
-        lock_timeout=lock_timeout,
-        strict=strict,
-        mode=mode,
-        journal=journal,
-        discard_orphan_journal=discard_orphan_journal,
-        casalog=casalog,
-    )
 
 
 def callable_name(func: Callable[..., Any]) -> str:

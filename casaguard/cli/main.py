@@ -15,7 +15,7 @@ from typing import Any
 
 import casaguard
 from casaguard.cli import output as cli_output
-from casaguard.cli.options import add_task_options
+from casaguard.cli.options import add_casa_parameters, add_task_options, casa_arguments
 from casaguard.errors import CasaCrash, CasaguardError, InvalidInput, JournalError
 
 EXIT_OK = 0
@@ -63,44 +63,23 @@ def _task_outcome(args: argparse.Namespace, run: Callable[[], Any]) -> int:
     return EXIT_OK
 
 
-def _cmd_ft(args: argparse.Namespace) -> int:
-    return _task_outcome(
-        args,
-        lambda: casaguard.ft(
-            vis=args.vis,
-            field=args.field,
-            spw=args.spw,
-            model=args.model or "",
-            nterms=args.nterms,
-            reffreq=args.reffreq,
-            complist=args.complist,
-            incremental=args.incremental,
-            usescratch=args.usescratch,
-            timeout=args.timeout,
-            lock_timeout=args.lock_timeout,
-            strict=args.strict,
-            mode=args.mode,
-            journal=args.journal,
-        ),
-    )
+def _drop_in_handler(drop_in: Callable[..., Any]) -> Handler:
+    """The handler of ``casaguard ft`` / ``clearcal``: the drop-in, with the parsed options."""
 
+    def handle(args: argparse.Namespace) -> int:
+        return _task_outcome(
+            args,
+            lambda: drop_in(
+                **casa_arguments(args, drop_in),
+                timeout=args.timeout,
+                lock_timeout=args.lock_timeout,
+                strict=args.strict,
+                mode=args.mode,
+                journal=args.journal,
+            ),
+        )
 
-def _cmd_clearcal(args: argparse.Namespace) -> int:
-    return _task_outcome(
-        args,
-        lambda: casaguard.clearcal(
-            vis=args.vis,
-            field=args.field,
-            spw=args.spw,
-            intent=args.intent,
-            addmodel=args.addmodel,
-            timeout=args.timeout,
-            lock_timeout=args.lock_timeout,
-            strict=args.strict,
-            mode=args.mode,
-            journal=args.journal,
-        ),
-    )
+    return handle
 
 
 def _cmd_task(args: argparse.Namespace) -> int:
@@ -166,39 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
     demo.set_defaults(handler=_cmd_demo)
 
-    ft = commands.add_parser("ft", help="guarded casatasks.ft", description="Guarded casatasks.ft.")
-    ft.add_argument("vis", help="the Measurement Set")
-    ft.add_argument("--field", default="", help="field selection, e.g. 0 or 3C286 (default: all)")
-    ft.add_argument("--spw", default="", help="spectral window selection, e.g. 0:2~5 (default all)")
-    ft.add_argument("--model", action="append", help="model image (repeat for Taylor terms)")
-    ft.add_argument(
-        "--nterms", type=int, default=1, help="Taylor terms of the model images (default 1)"
-    )
-    ft.add_argument(
-        "--reffreq", default="", help="reference frequency of the Taylor terms, e.g. 1.4GHz"
-    )
-    ft.add_argument("--complist", default="", help="component list to transform (a .cl table)")
-    ft.add_argument(
-        "--incremental", action="store_true", help="add to the existing model instead of replacing"
-    )
-    ft.add_argument("--usescratch", action="store_true", help="write the MODEL_DATA column")
-    add_task_options(ft, json_help="print the outcome as JSON")
-    _add_journal_option(ft)
-    ft.set_defaults(handler=_cmd_ft)
-
-    clearcal = commands.add_parser(
-        "clearcal", help="guarded casatasks.clearcal", description="Guarded casatasks.clearcal."
-    )
-    clearcal.add_argument("vis", help="the Measurement Set")
-    clearcal.add_argument("--field", default="", help="field selection (default: all)")
-    clearcal.add_argument("--spw", default="", help="spectral window selection (default: all)")
-    clearcal.add_argument("--intent", default="", help="scan intent selection (default: all)")
-    clearcal.add_argument(
-        "--addmodel", action="store_true", help="also reset MODEL_DATA (creating it if missing)"
-    )
-    add_task_options(clearcal, json_help="print the outcome as JSON")
-    _add_journal_option(clearcal)
-    clearcal.set_defaults(handler=_cmd_clearcal)
+    for drop_in in (casaguard.ft, casaguard.clearcal):
+        name = drop_in.__name__
+        command = commands.add_parser(
+            name, help=f"guarded casatasks.{name}", description=f"Guarded casatasks.{name}."
+        )
+        add_casa_parameters(command, drop_in)
+        add_task_options(command, json_help="print the outcome as JSON")
+        _add_journal_option(command)
+        command.set_defaults(handler=_drop_in_handler(drop_in))
 
     task = commands.add_parser(
         "task",
