@@ -75,9 +75,40 @@ def test_guarded_ft_writes_what_in_process_ft_writes(
     np.testing.assert_array_equal(guarded, in_process)
 
 
-def test_clearcal_runs_and_returns_what_casatasks_returns(ms: Path, no_leaks: None) -> None:
-    """Guarded clearcal on a clean MS returns None, like casatasks.clearcal."""
+def _scribble_scratch_columns(vis: str) -> None:
+    """Fill MODEL_DATA with 3 and CORRECTED_DATA with 7: values no clearcal leaves."""
+    from casacore.tables import table
+
+    with table(vis, readonly=False, ack=False) as main:
+        for column, value in (("MODEL_DATA", 3), ("CORRECTED_DATA", 7)):
+            main.putcol(column, main.getcol(column) * 0 + value)
+
+
+def test_guarded_clearcal_writes_and_returns_what_in_process_clearcal_does(
+    ms: Path, tmp_path: Path, no_leaks: None
+) -> None:
+    """Guarded clearcal(addmodel=True) returns None and resets MODEL_DATA and CORRECTED_DATA
+    exactly as in-process casatasks.clearcal does: unity model, corrected = data."""
+    casaguard.call(_scribble_scratch_columns, str(ms), casa=False, flavor="casacore")
+    reference = tmp_path / "reference.ms"
+    subprocess.run(["cp", "-r", str(ms), str(reference)], check=True)
     assert casaguard.clearcal(vis=str(ms), addmodel=True) is None
+    result = casa_script(
+        f"""
+        import casatasks
+        assert casatasks.clearcal(vis={str(reference)!r}, addmodel=True) is None
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    read = Ref("casaguard.remote.casa.inspect_ms", "read_column")
+    columns = {}
+    for column in ("DATA", "MODEL_DATA", "CORRECTED_DATA"):
+        columns[column] = casaguard.call(read, str(ms), column)
+        np.testing.assert_array_equal(columns[column], casaguard.call(read, str(reference), column))
+    np.testing.assert_array_equal(columns["CORRECTED_DATA"], columns["DATA"])
+    unity = np.zeros((4, 8, 168), complex)
+    unity[[0, 3]] = 1  # XX and YY
+    np.testing.assert_array_equal(columns["MODEL_DATA"], unity)
 
 
 def test_caller_never_imports_casa(ms: Path, complist: Path) -> None:
