@@ -5,7 +5,7 @@ then measures:
 
 * the median wall time of ``casaguard.probe(ms)`` (static: one python-casacore child);
 * the median wall time of ``casaguard.probe(ms, canary=True)`` (plus three CASA children);
-* throughput of ``probe_many`` over all N copies with ``jobs=1`` and ``jobs=2``.
+* throughput of ``map_probe`` over all N copies with ``jobs=1`` and ``jobs=2``.
 
 Prints a table and writes JSON under ``bench/results/``. ``--quick`` uses 20 MSs
 and 2 canary samples (the smoke run); the default is 200 MSs and 5 canary samples.
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         throughput = {}
         for jobs in (1, 2):
             started = time.perf_counter()
-            reports = casaguard.probe_many(paths, jobs=jobs)
+            reports = [o.value for o in casaguard.map_probe(paths, jobs=jobs)]
             elapsed = time.perf_counter() - started
             assert all(r.verdict == "safe" for r in reports)
             throughput[jobs] = {"seconds": round(elapsed, 3), "ms_per_s": round(n / elapsed, 2)}

@@ -62,7 +62,6 @@ _EXPORTS: dict[str, str] = {
     "map_repair": "casaguard.batch.mapping",
     "map_task": "casaguard.batch.mapping",
     "probe": "casaguard.preflight.probe",
-    "probe_many": "casaguard.preflight.probe",
     "repair": "casaguard.repairs.report",
     "run_command": "casaguard.sandbox.command",
     "run_task": "casaguard.api.tasks",
@@ -107,7 +106,6 @@ __all__ = [
     "map_repair",
     "map_task",
     "probe",
-    "probe_many",
     "repair",
     "run_command",
     "run_task",
@@ -156,7 +154,7 @@ if TYPE_CHECKING:
         UnexpectedExit,
     )
     from casaguard.preflight.findings import Finding, ProbeReport
-    from casaguard.preflight.probe import probe, probe_many
+    from casaguard.preflight.probe import probe
     from casaguard.repairs.report import RepairReport, repair
     from casaguard.sandbox.command import CommandResult, run_command, wsclean
     from casaguard.sandbox.template import warmup

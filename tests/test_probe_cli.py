@@ -121,12 +121,16 @@ def test_probe_timeout_gives_unknown_and_exit_2(variants: Variants, tmp_path: Pa
     assert exit_code([report]) == 2
 
 
-def test_probe_many_keeps_order_in_parallel(variants: Variants, tmp_path: Path) -> None:
-    """--jobs 2 probes MSs concurrently and returns the reports in the order given."""
+def test_map_probe_keeps_order_in_parallel(variants: Variants, tmp_path: Path) -> None:
+    """map_probe with jobs=2 probes MSs concurrently, reports each as it completes, and
+    returns the reports in the order given."""
     paths = [variants.clean(tmp_path / f"m{i}.ms") for i in range(3)]
     paths.insert(1, tmp_path / "missing.ms")
     seen: list[str] = []
-    reports = casaguard.probe_many(paths, jobs=2, on_done=lambda r: seen.append(r.ms))
+    outcomes = casaguard.map_probe(
+        paths, jobs=2, progress=lambda outcome, done, total: seen.append(outcome.value.ms)
+    )
+    reports = [outcome.value for outcome in outcomes]
     assert [r.ms for r in reports] == [str(p) for p in paths]
     assert sorted(seen) == sorted(str(p) for p in paths)
     assert [r.verdict for r in reports] == ["safe", "unsafe", "safe", "safe"]

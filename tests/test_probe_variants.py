@@ -194,9 +194,10 @@ def test_every_damaged_variant_is_unsafe_not_bad_input(variants: Variants, tmp_p
     """No damaged MS of the corpus gives PROBE_ERROR, an unknown verdict or exit code 2."""
     damaged = [name for name, verdict, _ in CASES if verdict == "unsafe"]
     damaged += ["missing_subtable", "empty", "truncated_storage", "mangled_spw"]
-    reports = casaguard.probe_many(
+    outcomes = casaguard.map_probe(
         [getattr(variants, name)(tmp_path / f"{name}.ms") for name in damaged], jobs=2
     )
+    reports = [outcome.value for outcome in outcomes]
     for name, report in zip(damaged, reports, strict=True):
         assert report.verdict == "unsafe", (name, report.to_dict())
         assert not report.bad_input, (name, report.to_dict())

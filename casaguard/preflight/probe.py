@@ -25,8 +25,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from casaguard import events
@@ -150,36 +148,3 @@ def _canary(path: str, report: ProbeReport, timeout: float | None) -> list[Findi
         # A locked MS would hang the copy; one that kills casacore kills CASA's copy too.
         return []
     return canary.run_canary(path, timeout=timeout)
-
-
-def probe_many(
-    paths: Iterable[str | os.PathLike[str]],
-    *,
-    canary: bool = False,
-    timeout: float | None = None,
-    jobs: int = 1,
-    on_done: Callable[[ProbeReport], None] | None = None,
-) -> list[ProbeReport]:
-    """Probe several MSs, ``jobs`` at a time (each thread drives its own children).
-
-    Args:
-        paths: the MSs.
-        canary, timeout: as for ``probe``.
-        jobs: how many MSs to probe at once.
-        on_done: called with each report as it completes (progress bars).
-
-    Returns:
-        The reports, in the order of ``paths``.
-    """
-    items = list(paths)
-
-    def one(item: str | os.PathLike[str]) -> ProbeReport:
-        report = probe(item, canary=canary, timeout=timeout)
-        if on_done is not None:
-            on_done(report)
-        return report
-
-    if jobs <= 1:
-        return [one(item) for item in items]
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="casaguard-probe") as pool:
-        return list(pool.map(one, items))
