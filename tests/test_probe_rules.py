@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from casaguard.preflight import rules as probe_rules
+from casaguard.preflight import table_rules
 from casaguard.preflight.findings import CODES, Finding, ProbeReport
 
 FACTS = Path(__file__).parent / "data" / "probe_facts"
@@ -107,7 +108,7 @@ def test_unreadable_main_table_with_subtables_is_damage_without_them_bad_input()
 def test_required_subtable_without_keyword_is_fatal_for_each_of_them() -> None:
     """Removing any required subtable's keyword from clean facts gives SUBTABLE_KEYWORD_MISSING."""
     clean = load("clean")
-    for name in probe_rules.REQUIRED:
+    for name in table_rules.REQUIRED:
         facts = copy.deepcopy(clean)
         facts["subtables"][name].update(keyword=False, keyword_is_table=False, path=None)
         findings = probe_rules.static_findings(MS, facts)
@@ -119,11 +120,11 @@ def test_required_subtable_without_keyword_is_fatal_for_each_of_them() -> None:
 def test_only_subtables_casa_reads_rows_of_must_have_rows() -> None:
     """A zero-row POINTING/STATE/OBSERVATION is fine (measured); ANTENNA/FEED/... is fatal."""
     clean = load("clean")
-    for name in probe_rules.REQUIRED:
+    for name in table_rules.REQUIRED:
         facts = copy.deepcopy(clean)
         facts["subtables"][name]["nrows"] = 0
         codes = {f.code for f in probe_rules.static_findings(MS, facts)}
-        assert ("SUBTABLE_EMPTY" in codes) == (name in probe_rules.NEEDS_ROWS), name
+        assert ("SUBTABLE_EMPTY" in codes) == (name in table_rules.NEEDS_ROWS), name
 
 
 def test_clean_facts_give_no_warning_or_fatal() -> None:

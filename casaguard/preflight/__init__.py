@@ -2,7 +2,8 @@
 would shadow that function.)
 
 ``probe`` runs the checks: the static child (``remote.casacore.static``) reads
-the MS, ``rules`` turns facts into ``findings`` (pure), ``host`` checks access,
+the MS, ``rules`` turns facts into ``findings`` (pure; it runs ``table_rules``,
+``metadata_rules`` and ``scratch_rules`` in order), ``host`` checks access,
 locks and disk in the parent, ``canary`` tries ft + clearcal on a slice copy;
 ``doctor`` and ``versions`` describe the CASA stack.
 """

@@ -31,7 +31,7 @@ from casaguard import events
 from casaguard.api import tasks
 from casaguard.errors import CasaCrash, ChildError, TaskTimeout
 from casaguard.ms import access
-from casaguard.preflight import doctor
+from casaguard.preflight import doctor, table_rules
 from casaguard.preflight import host as probe_host
 from casaguard.preflight import rules as probe_rules
 from casaguard.preflight.findings import Finding, ProbeReport
@@ -128,7 +128,7 @@ def _static(path: str, timeout: float | None) -> tuple[dict[str, Any], list[Find
                 "PROBE_CRASHED",
                 f"reading the MS killed the python-casacore child ({error.kind}"
                 f"{', ' + error.signal if error.signal else ''}){_last_step(error)}",
-                probe_rules.FIX_REBUILD,
+                table_rules.FIX_REBUILD,
                 path=path,
                 data={"kind": error.kind, "signal": error.signal, "log_path": error.log_path},
             )

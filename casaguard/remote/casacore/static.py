@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from casaguard.preflight.rules import REQUIRED as REQUIRED_SUBTABLES
+from casaguard.preflight.table_rules import REQUIRED as REQUIRED_SUBTABLES
 
 SPW_ARRAYS = ("CHAN_FREQ", "CHAN_WIDTH", "EFFECTIVE_BW", "RESOLUTION")
 ID_COLUMNS = {
@@ -171,7 +171,7 @@ def inspect_ms(path: str) -> dict[str, Any]:
     """Read every fact the probe rules need from the MS at ``path``, read-only.
 
     Returns:
-        A JSON-ready dict (see ``casaguard.preflight.rules`` for the keys it reads).
+        A JSON-ready dict, read by the rule groups that ``casaguard.preflight.rules`` runs.
 
     Raises:
         RuntimeError: casatools is loaded in this process (never mix the two).
