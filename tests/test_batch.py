@@ -29,6 +29,7 @@ from conftest import casacore_script
 
 import casaguard
 from casaguard.cli import batch as cli_batch
+from casaguard.cli import exits
 from casaguard.corpus import crashers
 from casaguard.errors import RemoteTraceback
 
@@ -318,7 +319,7 @@ def test_cli_run_json_progress_and_exit_code(
          "--param", "usescratch=true", "--jobs", "2", "--json", "--timeout", "300"]
     )  # fmt: skip
     # A missing MS is refused by ft's pre-flight (as `casaguard ft` does): bad input, exit 2.
-    assert code == cli_batch.EXIT_BAD_INPUT, terminal
+    assert code == exits.EXIT_BAD_INPUT, terminal
     document = json.loads(stdout)
     totals = (document["task"], document["total"], document["ok"], document["failed"])
     assert totals == ("ft", 2, 1, 1)
@@ -343,7 +344,7 @@ def test_cli_run_json_progress_and_exit_code(
 def test_cli_run_bad_input_exits_2(args: list[str]) -> None:
     """A run command that cannot start says why on one line and exits 2, without a traceback."""
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
-    assert result.returncode == cli_batch.EXIT_BAD_INPUT
+    assert result.returncode == exits.EXIT_BAD_INPUT
     assert "Traceback" not in result.stderr and result.stderr.startswith("casaguard: ")
 
 
@@ -355,7 +356,7 @@ def test_cli_run_unknown_task_exits_2(tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert result.returncode == cli_batch.EXIT_BAD_INPUT
+    assert result.returncode == exits.EXIT_BAD_INPUT
     assert result.stderr == "casaguard: casatasks has no task named 'nosuchtask'\n"
     assert result.stdout == ""
 
@@ -375,7 +376,7 @@ def test_summary_table_names_every_input(tmp_path: Path, no_leaks: None) -> None
     assert rows[4] == (
         "3 items: 1 ok, 2 failed (double-free 1, python-error 1) in 2.0 s, 1.50 items/s"
     )
-    assert cli_batch.exit_code(outcomes) == cli_batch.EXIT_FAILED
+    assert cli_batch.exit_code(outcomes) == exits.EXIT_FAILED
 
 
 def test_map_probe_in_input_order(

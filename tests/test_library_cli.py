@@ -22,6 +22,7 @@ import casaguard
 from casaguard import events
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import batch as cli_batch
+from casaguard.cli import exits
 from casaguard.cli import main as cli
 from casaguard.cli import options as cli_options
 from casaguard.cli import output as cli_output
@@ -127,7 +128,7 @@ def test_plain_output_off_a_terminal_and_under_no_color(ms: Path, tmp_path: Path
             check=False,
         )
         # A missing MS is rejected before CASA (bad input), like `casaguard clearcal` on it.
-        assert result.returncode == cli_batch.EXIT_BAD_INPUT, result.stderr
+        assert result.returncode == exits.EXIT_BAD_INPUT, result.stderr
         assert "\x1b" not in result.stdout + result.stderr
         assert "task_finished" in result.stderr  # -v shows info records, plainly
         assert result.stdout.splitlines()[0].split() == ["#", "input", "outcome", "time", "detail"]
@@ -225,7 +226,7 @@ def test_run_table_detail_is_the_clean_casa_error(ms: Path, complist: Path, tmp_
         )
     finally:
         (ms / "table.lock").chmod(0o644)
-    assert result.returncode == cli_batch.EXIT_FAILED, result.stderr
+    assert result.returncode == exits.EXIT_FAILED, result.stderr
     row = result.stdout.splitlines()[1]
     assert row.split()[2] == "casa-error"
     detail = re.split(r"\d+\.\d s  ", row, maxsplit=1)[1]

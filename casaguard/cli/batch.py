@@ -28,13 +28,9 @@ from rich.text import Text
 from casaguard.batch import mapping as batch
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import output as cli_output
+from casaguard.cli.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from casaguard.cli.options import add_task_options
 from casaguard.errors import CasaCrash, ChildError, InvalidInput
-
-# The same codes as casaguard.cli.main (which this module must not import).
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 RUN_EPILOG = (
     "Exit codes: 0 every MS ok; 1 any MS failed (crash, CASA error, SEVERE); "

@@ -16,15 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from casaguard.cli.exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED
 from casaguard.errors import InvalidInput, JournalError
 from casaguard.journal import layout as journal_layout
 from casaguard.journal import recovery as journal_recovery
 from casaguard.journal import trust as journal_trust
 from casaguard.repairs import journal as repair_journal
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_BAD_INPUT = 2
 DONE_MESSAGE = "restored {count} paths of {vis} from {journal}"
 
 

@@ -15,13 +15,9 @@ from typing import Any
 
 import casaguard
 from casaguard.cli import output as cli_output
+from casaguard.cli.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from casaguard.cli.options import add_casa_parameters, add_task_options, casa_arguments
 from casaguard.errors import CasaCrash, CasaguardError, InvalidInput, JournalError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
 

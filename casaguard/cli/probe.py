@@ -21,12 +21,10 @@ from typing import Any
 from casaguard.batch import mapping as batch
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import batch as cli_batch
+from casaguard.cli.exits import EXIT_BAD_INPUT, EXIT_SAFE, EXIT_UNSAFE
 from casaguard.preflight import doctor
 from casaguard.preflight.findings import SCHEMA_VERSION, Finding, ProbeReport
 
-EXIT_SAFE = 0
-EXIT_UNSAFE = 1
-EXIT_BAD_INPUT = 2
 _MARK = {"fatal": "x", "warn": "!", "info": "-"}
 
 

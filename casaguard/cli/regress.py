@@ -13,13 +13,12 @@ import json
 import sys
 from typing import Any
 
+from casaguard.cli.exits import EXIT_FAILED, EXIT_OK
 from casaguard.corpus import reproducers as corpus
 from casaguard.errors import CasaCrash
 from casaguard.preflight import versions
 from casaguard.sandbox import command
 
-EXIT_OK = 0
-EXIT_FAILED = 1
 MATRIX_FORMAT = 1
 
 
