@@ -133,11 +133,13 @@ def run_task(
         writes = [writes]
     declared = tuple(writes) if writes is not None else _journal_layout.task_writes(name, params)
     params = {key: _casa_value(value) for key, value in params.items()}
-    vis = _vis_path(params.get("vis"))
     if declared is not None:
         # A writer's vis must be an MS, journal or not: a missing path is one
-        # line here, not a CASA AssertionError after paying for a child.
+        # line here, not a CASA AssertionError after paying for a child. This
+        # is the one such check on the write path; the journal's pre-flight
+        # below relies on it.
         require_ms(params.get("vis"))
+    vis = _vis_path(params.get("vis"))
     spec = callspec.CallSpec(
         func=Ref("casaguard.remote.casa.tasks", "run_casatask"),
         args=(name, params),
@@ -155,8 +157,7 @@ def run_task(
     if declared is not None and journal:
         # journal=False is the escape hatch: no snapshot and no pre-flight, CASA
         # meets the MS as it is (and reports a read-only MS its own way).
-        if vis is None:
-            raise InvalidInput(f"{name}: writes to an MS, so vis must be a path")
+        assert vis is not None  # require_ms accepted it
         _journal.check_writable_ms(vis, task=name, writes=declared)
         spec = _journal.journaled(spec, declared, discard_orphan_journal=discard_orphan_journal)
     return runner.run(spec)

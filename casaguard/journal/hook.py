@@ -60,12 +60,11 @@ Who does what (the parent never imports casacore)::
 
     parent: MsJournal                         child (CASA)
     -----------------                         ------------
-    check_writable_ms (missing, not an MS -> InvalidInput;
-        read-only -> ReadOnlyMs)
+    check_writable_ms (not an MS -> InvalidInput; read-only -> ReadOnlyMs)
     before(): flock <ms>/.casaguard-writer.lock -- one guarded writer per MS
               pending journal of this MS?  -> JournalError (or discard it)
               mkdir <journal>, heartbeat thread
-                            ----------------> _incasa.journal.run_journaled
+                            ----------------> remote.casa.journal.run_journaled
                                                 tb.getdminfo(): column -> files
                                                 free space?  no -> InvalidInput
                                                 copy files + table.lock of each table
@@ -152,7 +151,6 @@ from casaguard.journal.layout import (
 from casaguard.journal.restore import restore
 from casaguard.journal.trust import _beside_ok, _journal_path, _private_root, pending_journals
 from casaguard.journal.writer import _one_writer, _start_heartbeat, _touch
-from casaguard.ms.checks import require_ms
 from casaguard.sandbox.jobdir import Ref
 
 if TYPE_CHECKING:
@@ -174,15 +172,15 @@ def check_writable_ms(vis: str, *, task: str, writes: Sequence[str] = ()) -> Non
     ``CasaTaskError`` after the journal's restore, as plain CASA's would.
 
     Args:
-        vis: absolute path of the MS.
+        vis: absolute path of the MS, already through ``casaguard.ms.checks.require_ms``
+            (the one check that a path is a table: ``run_task`` makes it, journal or not).
         task: task name, for the message.
         writes: declared columns / subtables (subtables are checked too).
 
     Raises:
-        InvalidInput: the path is missing or is not a Measurement Set.
+        InvalidInput: the table is not a Measurement Set.
         ReadOnlyMs: the MS cannot be written (also a ``RuntimeError``).
     """
-    require_ms(vis)
     path = Path(vis)
     try:
         info = (path / "table.info").read_text(errors="replace")
