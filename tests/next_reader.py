@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 
 from casaguard import casaenv
-from casaguard.crash.classify import severe_lines
+from casaguard.crash.casa_log import severe_lines
 
 _READ_EVERYTHING = r"""
 import json, sys

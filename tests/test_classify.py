@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from casaguard.corpus.crashers import CRASHERS
-from casaguard.crash import classify
+from casaguard.crash import classify, exit_status, heap_checks, signatures
+from casaguard.crash.casa_log import known_casa_error, severe_lines
 from casaguard.errors import EXCEPTION_FOR_KIND
 
 RECORDED = Path(__file__).parent / "data" / "stderr"
@@ -46,7 +47,7 @@ def test_cxx_terminate_carries_the_exception_type_and_what() -> None:
 def test_old_glibc_wrapper_is_unwrapped() -> None:
     """A real old-glibc report (``*** Error in `python': ... ***``) gives double-free."""
     text = _without_comments((RECORDED / "old_glibc_double_free_out.txt").read_text())
-    assert classify.heap_message(text) == ("double-free", "double free or corruption (out)")
+    assert heap_checks.heap_message(text) == ("double-free", "double free or corruption (out)")
     # glibc aborts after printing it: the same kind, detail and signature as on glibc 2.36.
     old = classify.classify(-6, text)
     status, stderr = recorded("double_free_out")
@@ -60,17 +61,17 @@ def _without_comments(text: str) -> str:
 
 def test_signature_ignores_addresses_and_numbers() -> None:
     """The same crash at another address or pid has the same signature; another kind does not."""
-    a = classify.signature("double-free", "free(): invalid pointer 0x55d0c0 in pid 4242")
-    b = classify.signature("double-free", "free(): invalid pointer 0x7fff12 in pid 17")
-    c = classify.signature("segfault", "free(): invalid pointer 0x7fff12 in pid 17")
+    a = signatures.signature("double-free", "free(): invalid pointer 0x55d0c0 in pid 4242")
+    b = signatures.signature("double-free", "free(): invalid pointer 0x7fff12 in pid 17")
+    c = signatures.signature("segfault", "free(): invalid pointer 0x7fff12 in pid 17")
     assert a == b != c
 
 
 def test_exit_status_names_follow_loky() -> None:
     """Exit statuses read like loky's: SIGSEGV(-11), EXIT(3); shells' 128+N become -N."""
-    assert classify.describe_status(-11) == "SIGSEGV(-11)"
-    assert classify.describe_status(3) == "EXIT(3)"
-    assert classify.normalise_shell_status(134) == -6
+    assert exit_status.describe_status(-11) == "SIGSEGV(-11)"
+    assert exit_status.describe_status(3) == "EXIT(3)"
+    assert exit_status.normalise_shell_status(134) == -6
 
 
 def test_teardown_crash_after_a_reply_is_ok_with_a_flag() -> None:
@@ -159,8 +160,8 @@ def test_recorded_silent_ft_severe_is_casa_severe() -> None:
 
 def test_recorded_ft_writable_error_is_recognised_in_the_casa_log() -> None:
     """The real CASA log of ft on a read-only table.dat holds the field report's error and cause."""
-    severe = classify.severe_lines(recorded_casa_log("casa_ft_table_dat_unwritable"))
-    found = classify.known_casa_error("\n".join(severe))
+    severe = severe_lines(recorded_casa_log("casa_ft_table_dat_unwritable"))
+    found = known_casa_error("\n".join(severe))
     assert found is not None
     assert found[0] == "Please make sure MS is writable when using Imager::ft"
 
@@ -311,7 +312,7 @@ def test_every_allocator_in_the_table_is_met_in_real_text() -> None:
     for name in ("double_free_out", "tcmalloc_invalid_pointer"):
         status, stderr = recorded(name)
         seen.add(classify.classify(status, stderr).extra.get("allocator"))
-    assert {allocator for allocator, _, _ in classify.HEAP_FAMILIES} <= seen
+    assert {allocator for allocator, _, _ in heap_checks.HEAP_FAMILIES} <= seen
 
 
 ACES_DETAIL = (
@@ -359,8 +360,8 @@ def test_signature_drops_hosts_pids_timestamps_and_paths() -> None:
         ("PID 56418 RUNNING AT bb86", "PID 17 RUNNING AT compute-3"),
     ]
     for a, b in pairs:
-        assert classify.signature("abort", a) == classify.signature("abort", b), (a, b)
-    assert classify.signature("abort", "a died") != classify.signature("abort", "b died")
+        assert signatures.signature("abort", a) == signatures.signature("abort", b), (a, b)
+    assert signatures.signature("abort", "a died") != signatures.signature("abort", "b died")
 
 
 def test_same_crash_under_libcxxabi_and_libstdcxx_has_one_signature() -> None:
@@ -414,7 +415,8 @@ def kinds_in_code() -> set[str]:
 
     Reads ``kind = "..."`` / ``kind="..."`` (also as either branch of ``a if c else b``),
     the first argument of ``verdict(...)``, the first element of the tuples that
-    ``classify._crash_kind`` returns, and the kinds of classify's and errors' tables.
+    ``classify._crash_kind`` returns, and the kinds of the heap-check, classify's and errors'
+    tables.
     """
     found: set[str] = set()
 
@@ -444,7 +446,7 @@ def kinds_in_code() -> set[str]:
                 for ret in ast.walk(node):
                     if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Tuple):
                         found.update(strings(ret.value.elts[0]))
-    found.update(kind for _, kind, _ in classify.HEAP_FAMILIES)
+    found.update(kind for _, kind, _ in heap_checks.HEAP_FAMILIES)
     found.update(classify._SIGNAL_KINDS.values())
     found.update(EXCEPTION_FOR_KIND)
     return found

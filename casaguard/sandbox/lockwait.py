@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from casaguard import events
-from casaguard.crash import classify
+from casaguard.crash import signatures
 from casaguard.errors import (
     LOCK_WAIT_KILLED,
     LOCKED_MESSAGE,
@@ -60,7 +60,7 @@ def _lock_kill_error(
     suffix = LOCK_WAIT_KILLED.format(
         task=spec.name, child_pid=handle.pid, waited_s=kill.lock_waited_s
     )
-    facts["signature"] = classify.signature("locked", "lock held by another process")
+    facts["signature"] = signatures.signature("locked", "lock held by another process")
     conflict = kill.lock
     if conflict is None:
         facts["detail"] = "blocked on a table lock whose holder is gone"
@@ -115,7 +115,7 @@ def _wait_for_lock(spec: CallSpec) -> None:
             return
         conflict = conflicts[0]
         holder = conflict.holder
-        signature = classify.signature("locked", "lock held by another process")
+        signature = signatures.signature("locked", "lock held by another process")
         if conflict.is_self:
             raise MsLocked(
                 _self_locked_message(spec, conflict),
@@ -126,7 +126,7 @@ def _wait_for_lock(spec: CallSpec) -> None:
                 vis=spec.vis,
                 detail=f"{holder.describe()} on {conflict.table} (this process)",
                 elapsed_s=0.0,
-                signature=classify.signature("locked", "lock held by this process"),
+                signature=signatures.signature("locked", "lock held by this process"),
             )
         if not announced:
             log.warning(

@@ -35,6 +35,7 @@ from typing import Any
 from casaguard import casaenv, events
 from casaguard.crash import classify, oom
 from casaguard.crash import evidence as crashdir
+from casaguard.crash.message import crash_message
 from casaguard.errors import (
     EXCEPTION_FOR_KIND,
     CasaCrash,
@@ -355,7 +356,7 @@ def _exception(
     if kind == "locked":
         return _lock_kill_error(spec, handle, kill, facts)
     exc_type = reply.exc_type if reply is not None and not reply.ok else None
-    message = classify.crash_message(
+    message = crash_message(
         task=spec.name,
         pid=handle.pid,
         exit_code=exit_code,
