@@ -13,23 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from casaguard.corpus import reproducers as corpus
+from casaguard.corpus import casacore_cache, regression, reproducers
+from casaguard.corpus.workspace import Workspace
 from casaguard.errors import EXCEPTION_FOR_KIND, InvalidInput
 
 
 @pytest.fixture(scope="module")
-def workspace() -> Iterator[corpus.Workspace]:
+def workspace() -> Iterator[Workspace]:
     """One corpus workspace for the module: each simulated MS is built once."""
-    with corpus.Workspace() as space:
+    with Workspace() as space:
         yield space
 
 
-@pytest.mark.parametrize("name", [r.name for r in corpus.CORPUS])
-def test_reproducer_ends_as_promised(
-    name: str, workspace: corpus.Workspace, no_leaks: None
-) -> None:
+@pytest.mark.parametrize("name", [r.name for r in reproducers.CORPUS])
+def test_reproducer_ends_as_promised(name: str, workspace: Workspace, no_leaks: None) -> None:
     """The reproducer's guarded run ends in one of its expected kinds, with its evidence."""
-    (result,) = corpus.run(corpus.select([name]), workspace=workspace)
+    (result,) = regression.run(reproducers.select([name]), workspace=workspace)
     crash = result.outcome.crash
     assert crash is not None, f"{name} returned normally: {result.outcome.value!r}"
     assert crash.kind in result.reproducer.expect, str(crash)
@@ -40,11 +39,11 @@ def test_reproducer_ends_as_promised(
 
 def test_every_reproducer_states_what_it_proves() -> None:
     """Names and claims are unique, each claim is one sentence, and each expects known kinds."""
-    names = [r.name for r in corpus.CORPUS]
+    names = [r.name for r in reproducers.CORPUS]
     assert len(names) == len(set(names))
-    claims = [r.proves for r in corpus.CORPUS]
+    claims = [r.proves for r in reproducers.CORPUS]
     assert len(claims) == len(set(claims)), "two reproducers claim the same thing"
-    for reproducer in corpus.CORPUS:
+    for reproducer in reproducers.CORPUS:
         # Quoted crash text (`corrupted size vs. prev_size`) may hold a full stop.
         prose = re.sub(r"`[^`]*`", "`...`", reproducer.proves)
         assert prose.strip() and "\n" not in prose, reproducer.name
@@ -60,7 +59,7 @@ def test_every_debian_package_a_reproducer_needs_is_installed_by_ci() -> None:
     """A reproducer's Debian library (libc++, tcmalloc) is on CI's apt-get install line."""
     installs = [line for line in CI_RUN.read_text().splitlines() if "apt-get install" in line]
     packages = {word for line in installs for word in line.split()}
-    needed = {need for r in corpus.CORPUS for need in r.needs} - {"casa", "wsclean"}
+    needed = {need for r in reproducers.CORPUS for need in r.needs} - {"casa", "wsclean"}
     assert {"libc++1-14", "libtcmalloc-minimal4"} <= needed
     assert needed <= packages, needed - packages
 
@@ -68,13 +67,13 @@ def test_every_debian_package_a_reproducer_needs_is_installed_by_ci() -> None:
 def test_unknown_reproducer_name_is_refused() -> None:
     """Asking for a reproducer that does not exist is an InvalidInput naming the known ones."""
     with pytest.raises(InvalidInput, match="glibc-double-free-out"):
-        corpus.select(["no-such-crash"])
+        reproducers.select(["no-such-crash"])
 
 
 def test_clash_package_stays_out_of_the_venv() -> None:
     """python-casacore 3.7.1 lives in a cache dir; the venv keeps its own python-casacore."""
-    target = corpus.casacore_clash_dir()
+    target = casacore_cache.casacore_clash_dir()
     assert (target / "python_casacore-3.7.1.dist-info").is_dir()
     assert not target.resolve().is_relative_to(Path(sys.prefix).resolve())
-    assert metadata.version("python-casacore") != corpus.CASACORE_CLASH_VERSION
+    assert metadata.version("python-casacore") != casacore_cache.CASACORE_CLASH_VERSION
     assert "casacore" not in sys.modules

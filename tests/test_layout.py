@@ -42,7 +42,6 @@ MAX_LINES = 450
 #: Modules still over MAX_LINES, each capped at its size today so it can only shrink.
 #: Splitting them is open work.
 OVERSIZED: dict[str, int] = {
-    "casaguard.corpus.reproducers": 600,
     "casaguard.remote.casacore.static": 590,
     "casaguard.sandbox.template": 560,
     "casaguard.repairs.report": 560,

@@ -16,7 +16,7 @@ import pytest
 from conftest import DROP_ROOT_POWERS, casa_script, casacore_script
 
 import casaguard
-from casaguard.corpus.reproducers import casacore_clash_dir
+from casaguard.corpus.casacore_cache import casacore_clash_dir
 from casaguard.sandbox.jobdir import Ref
 
 FT_WRITABLE_ERROR = "Please make sure MS is writable when using Imager::ft"

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from casaguard.cli.exits import EXIT_FAILED, EXIT_OK
-from casaguard.corpus import reproducers as corpus
+from casaguard.corpus import regression, reproducers
 from casaguard.errors import CasaCrash
 from casaguard.preflight import versions
 from casaguard.sandbox import command
@@ -63,7 +63,7 @@ def register(commands: Any) -> None:
     wsclean.set_defaults(handler=_cmd_wsclean)
 
 
-def matrix(results: list[corpus.Result]) -> dict[str, Any]:
+def matrix(results: list[regression.Result]) -> dict[str, Any]:
     """The compatibility matrix of one run: versions plus each reproducer's facts."""
     return {
         "format": MATRIX_FORMAT,
@@ -74,13 +74,13 @@ def matrix(results: list[corpus.Result]) -> dict[str, Any]:
 
 def _cmd_regress(args: argparse.Namespace) -> int:
     if args.list:
-        for reproducer in corpus.CORPUS:
+        for reproducer in reproducers.CORPUS:
             print(f"{reproducer.name:42s} {'|'.join(reproducer.expect):18s} {reproducer.proves}")
         return EXIT_OK
     names = None
     if args.only:
         names = [n.strip() for group in args.only for n in group.split(",") if n.strip()]
-    chosen = corpus.select(names)
+    chosen = reproducers.select(names)
     # One convention for every command: with --json, stdout holds only the JSON document.
     rows = sys.stderr if args.json else sys.stdout
     print(
@@ -88,7 +88,7 @@ def _cmd_regress(args: argparse.Namespace) -> int:
         file=rows,
     )
 
-    def show(result: corpus.Result) -> None:
+    def show(result: regression.Result) -> None:
         outcome = result.outcome
         expected = "|".join(result.reproducer.expect)
         verdict = "yes" if result.matched else f"NO (expected {expected})"
@@ -100,7 +100,7 @@ def _cmd_regress(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    results = corpus.run(chosen, on_result=show)
+    results = regression.run(chosen, on_result=show)
     report = matrix(results)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))

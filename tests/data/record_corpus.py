@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from casaguard.corpus import reproducers as corpus
+from casaguard.corpus import regression, reproducers
 
 HERE = Path(__file__).parent / "stderr"
 RECORDED = (
@@ -28,7 +28,7 @@ _EXTENSIONS = re.compile(r"^Extension modules: .*$", re.MULTILINE)
 
 
 def main() -> None:
-    for result in corpus.run(corpus.select(RECORDED)):
+    for result in regression.run(reproducers.select(RECORDED)):
         crash = result.outcome.crash
         name = result.reproducer.name.replace("-", "_").replace(".", "")
         if crash is None:
