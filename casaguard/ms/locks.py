@@ -77,6 +77,10 @@ def lock_holders(table: str | os.PathLike[str], *, include_self: bool = False) -
         text = PROC_LOCKS.read_text()
     except OSError:
         return []
+    try:
+        text = PROC_LOCKS.read_text()
+    except OSError:
+        return []
     me = os.getpid()
     found: dict[tuple[int, str], LockHolder] = {}
     for line in text.splitlines():
@@ -173,7 +177,8 @@ def table_conflicts(
 ) -> list[TableConflict]:
     """Locks on the MS or its subtables that a CASA task on ``vis`` would wait for.
 
-    One read of ``/proc/locks`` and one ``stat`` per table: well under a millisecond.
+    One ``stat`` and one ``F_GETLK`` per table; ``/proc/locks`` only when a lock byte is
+    taken or this process has a table file open.
 
     Args:
         vis: the MS.
@@ -186,10 +191,6 @@ def table_conflicts(
     Returns:
         The conflicting locks, this process's own first, then the main table's.
     """
-    try:
-        text = PROC_LOCKS.read_text()
-    except OSError:
-        return []
     root = Path(vis)
     written_names = set(written)
     by_inode: dict[tuple[int, int], Path] = {}
@@ -207,6 +208,10 @@ def table_conflicts(
         # Fast path: nobody else holds a lock byte, and this process cannot hold
         # a POSIX lock on a file it has no descriptor of (closing the last one
         # drops the lock), so /proc/locks (9-18 ms after CASA ran) is not read.
+        return []
+    try:
+        text = PROC_LOCKS.read_text()
+    except OSError:
         return []
     me = os.getpid()
     found: dict[tuple[Path, int], str] = {}
