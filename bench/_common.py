@@ -25,8 +25,8 @@ import structlog
 
 import casaguard
 from casaguard import casaenv
-from casaguard.sandbox import flavors
-from casaguard.sandbox import template as _template
+from casaguard.sandbox.template import client as _template
+from casaguard.sandbox.template import flavors
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -50,7 +50,7 @@ import structlog
 
 import casaguard
 from casaguard import casaenv
-from casaguard.sandbox import template as _template
+from casaguard.sandbox.template import client as _template
 
 TASKS = ("ft", "clearcal")
 TARGETS = {

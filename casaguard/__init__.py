@@ -66,7 +66,7 @@ _EXPORTS: dict[str, str] = {
     "run_command": "casaguard.sandbox.command",
     "run_task": "casaguard.api.tasks",
     "simulate_ms": "casaguard.corpus.simulate",
-    "warmup": "casaguard.sandbox.template",
+    "warmup": "casaguard.sandbox.template.client",
     "wsclean": "casaguard.sandbox.command",
 }
 
@@ -157,4 +157,4 @@ if TYPE_CHECKING:
     from casaguard.preflight.probe import probe
     from casaguard.repairs.report import RepairReport, repair
     from casaguard.sandbox.command import CommandResult, run_command, wsclean
-    from casaguard.sandbox.template import warmup
+    from casaguard.sandbox.template.client import warmup

@@ -36,16 +36,15 @@ LAYERS: dict[str, int] = {
 }
 #: Child-side code may use leaf modules of the parent side, never the reverse.
 CHILD_ONLY = "remote"
-#: Entry points of child-side processes: they may import child-only code.
-CHILD_ENTRIES = {"casaguard.sandbox.child", "casaguard.sandbox.template_server"}
+#: Child-side code outside remote/ (the child's entry point, the warm template's warm-up,
+#: which runs CASA tasks in the template): it may import child-only code.
+CHILD_ENTRIES = {"casaguard.sandbox.child", "casaguard.sandbox.template.warm"}
 MAX_LINES = 450
 #: Modules still over MAX_LINES, each capped at its size today so it can only shrink.
 #: Splitting them is open work.
 OVERSIZED: dict[str, int] = {
     "casaguard.remote.casacore.static": 590,
-    "casaguard.sandbox.template": 560,
     "casaguard.repairs.report": 560,
-    "casaguard.sandbox.template_server": 465,
     "casaguard.repairs.fixes": 465,
 }
 

@@ -15,12 +15,12 @@ from conftest import casa_script
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard.sandbox import flavors
-from casaguard.sandbox import template as _template
+from casaguard.sandbox.template import client as _template
+from casaguard.sandbox.template import connection, flavors
 
 
 @pytest.fixture
-def warm_template() -> Iterator[_template._Template]:
+def warm_template() -> Iterator[connection.Template]:
     """A running template that has finished its one-off warm-up."""
     casaguard.warmup()
     template = _template._templates["casa"]
@@ -62,7 +62,7 @@ def _omp_threads() -> int:
 
 
 def test_each_call_is_served_by_the_spare_forked_before_it(
-    warm_template: _template._Template, no_leaks: None
+    warm_template: connection.Template, no_leaks: None
 ) -> None:
     """A call runs in the idle spare that existed before it, and a new spare replaces it."""
     for _ in range(3):
@@ -72,7 +72,7 @@ def test_each_call_is_served_by_the_spare_forked_before_it(
 
 
 def test_a_killed_idle_spare_is_replaced_and_calls_still_work(
-    warm_template: _template._Template, no_leaks: None
+    warm_template: connection.Template, no_leaks: None
 ) -> None:
     """SIGKILL of the idle spare costs nothing: the next call forks afresh, no fallback."""
     spare = _wait_spare(warm_template.pid)
@@ -85,7 +85,7 @@ def test_a_killed_idle_spare_is_replaced_and_calls_still_work(
 
 
 def test_warmed_forks_write_the_same_model_data_as_in_process_ft(
-    warm_template: _template._Template, ms: Path, complist: Path, tmp_path: Path, no_leaks: None
+    warm_template: connection.Template, ms: Path, complist: Path, tmp_path: Path, no_leaks: None
 ) -> None:
     """A warmed template's fork writes MODEL_DATA identical, element by element, to plain ft."""
     plain = tmp_path / "plain.ms"
@@ -123,7 +123,7 @@ def test_warmed_forks_write_the_same_model_data_as_in_process_ft(
 
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_forks_use_the_callers_openmp_threads_after_the_warm_up(
-    warm_template: _template._Template,
+    warm_template: connection.Template,
     ms: Path,
     complist: Path,
     threads: str,
@@ -138,7 +138,7 @@ def test_forks_use_the_callers_openmp_threads_after_the_warm_up(
 
 
 def test_forks_default_to_libgomps_own_thread_count(
-    warm_template: _template._Template, monkeypatch: pytest.MonkeyPatch, no_leaks: None
+    warm_template: connection.Template, monkeypatch: pytest.MonkeyPatch, no_leaks: None
 ) -> None:
     """Without OMP_NUM_THREADS a fork gets what an in-process CASA would: libgomp's default."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -164,7 +164,7 @@ def _worker_call(_: int) -> tuple[int, int, int, int]:
 
 
 def test_fork_pool_workers_never_share_the_parents_template(
-    warm_template: _template._Template,
+    warm_template: connection.Template,
 ) -> None:
     """Pool workers forked after the parent used its template each call through their own."""
     assert casaguard.call(os.getpid, casa=False, mode="template", timeout=60)
@@ -190,7 +190,7 @@ def test_warmup_in_the_background_returns_at_once_and_the_call_then_works(
             """
             import os, time
             import casaguard
-            from casaguard.sandbox import template as _template
+            from casaguard.sandbox.template import client as _template
             started = time.monotonic()
             casaguard.warmup(wait=False)
             elapsed = round(time.monotonic() - started, 3)

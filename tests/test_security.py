@@ -26,7 +26,7 @@ import pytest
 from casaguard import casaenv
 from casaguard.crash import evidence as crashdir
 from casaguard.errors import SetupError
-from casaguard.sandbox import template as _template
+from casaguard.sandbox.template import client as _template
 from tests.conftest import DROP_ROOT_POWERS
 
 ATTACKER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

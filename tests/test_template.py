@@ -16,9 +16,10 @@ import pytest
 from structlog.testing import capture_logs
 
 import casaguard
-from casaguard.sandbox import flavors, spawn
 from casaguard.sandbox import jobdir as _job
-from casaguard.sandbox import template as _template
+from casaguard.sandbox import spawn
+from casaguard.sandbox.template import client as _template
+from casaguard.sandbox.template import connection, flavors
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def test_caller_env_cwd_and_import_path_are_honoured(
 def test_template_holds_nothing_of_the_caller(template: int) -> None:
     """The template runs `python -P -c ...` in /, warm with casatools, without python-casacore."""
     proc = psutil.Process(template)
-    assert proc.cmdline()[1:4] == ["-P", "-c", _template.TEMPLATE_CODE]
+    assert proc.cmdline()[1:4] == ["-P", "-c", connection.TEMPLATE_CODE]
     assert proc.cwd() == "/"
     mapped = {m.path for m in proc.memory_maps()}
     assert any("casatools" in path for path in mapped)  # it is warm
@@ -280,7 +281,8 @@ def test_no_orphans_after_the_parent_is_killed(tmp_path: Path) -> None:
             from casaguard.corpus import crashers
             def report(logger, name, event):
                 if event["event"] == "task_started":
-                    print(event["pid"], casaguard.sandbox.template.template_pid(), flush=True)
+                    template = casaguard.sandbox.template.client.template_pid()
+                    print(event["pid"], template, flush=True)
                 raise structlog.DropEvent
             structlog.configure(processors=[report])
             casaguard.call(crashers.hang, casa=False, mode="template")

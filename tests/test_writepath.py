@@ -33,8 +33,8 @@ from casaguard import casaenv
 from casaguard.api import params as task_params
 from casaguard.errors import SELF_LOCKED_MESSAGE, CasaTaskError
 from casaguard.sandbox import pids, signals
-from casaguard.sandbox import template as _template
 from casaguard.sandbox.jobdir import Ref
+from casaguard.sandbox.template import client as _template
 
 CLI = str(Path(sys.executable).parent / "casaguard")
 UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

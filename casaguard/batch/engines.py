@@ -261,7 +261,7 @@ def warmup_plugin(distributed: Any) -> Any:
         idempotent = True
 
         def setup(self, worker: Any) -> None:
-            from casaguard.sandbox.template import warmup
+            from casaguard.sandbox.template.client import warmup
 
             warmup(wait=False)  # in the background: the worker is ready at once
 

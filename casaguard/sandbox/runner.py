@@ -3,7 +3,7 @@
 ::
 
     caller (never imports CASA)                 child: fresh interpreter, or fork
-    ---------------------------                 of the warm template (_template)
+    ---------------------------                 of the warm template (template/)
     run(spec)       timeout / lock_timeout checked; SIGTERM/SIGHUP -> like Ctrl-C
      |- MS or a subtable locked by THIS pid? MsLocked at once
      |- ... by another pid? wait up to lock_timeout, or MsLocked
@@ -17,7 +17,7 @@
      '- JobDir removed on every path
 
 The runner owns process lifetime. Launchers (``SpawnLauncher`` here, the warm
-template in ``_template``) only start a child and report its exit status.
+template in ``template.client``) only start a child and report its exit status.
 Every kill the runner performs is reported as its reason (``TaskTimeout``,
 ``MsLocked``, ``KeyboardInterrupt`` for a cancel), never as a bare signal.
 ``timeout`` counts from the moment the child exists: starting the warm template
@@ -79,7 +79,7 @@ def choose_launcher(mode: str | None, flavor: str = "casa") -> Launcher:
     if chosen == "spawn":
         return SpawnLauncher()
     # Imported on first use: a caller that only ever spawns never loads the template client.
-    from casaguard.sandbox import template
+    from casaguard.sandbox.template import client as template
 
     launcher: Launcher = template.launcher(
         fallback=SpawnLauncher(), required=chosen == "template", flavor=flavor

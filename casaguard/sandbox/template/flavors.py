@@ -84,7 +84,7 @@ FLAVORS: dict[str, Flavor] = {
 
 
 #: After this many seconds without a request (and no call running), the template
-#: warms itself once: see ``_warm``.
+#: warms itself once: see ``warm.run``.
 WARM_IDLE_S = 0.5
 
 

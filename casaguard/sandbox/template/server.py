@@ -1,8 +1,11 @@
 """The warm template process itself: import CASA once, then fork a fresh child per call.
 
-Runs only in the template (``python -P -c 'import casaguard.sandbox.template_server
-as t; t.main()'``); see ``casaguard.sandbox.template`` for the caller's side and
-the design.
+Runs only in the template (``python -P -c 'import casaguard.sandbox.template.server
+as t; t.main()'``): ``main`` imports the flavor's libraries, then answers each
+fork request with the spare forked ahead of time or a fork made on the spot,
+waits for the fork's "!", and reports every fork's exit status. What a fork
+does is ``forked``; the warm-up is ``warm``; the caller's side is ``client``,
+and the package docstring has the design.
 """
 
 from __future__ import annotations
@@ -18,19 +21,15 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn
 
-from casaguard.sandbox.flavors import (
-    EXIT_FORK_FAILED,
+from casaguard.sandbox.template import forked, warm
+from casaguard.sandbox.template.flavors import (
     FLAVORS,
-    FORK_NAME,
     HANDSHAKE_S,
     SCRATCH_PREFIX,
-    SPARE_NAME,
     WARM_ENV,
     WARM_IDLE_S,
     Flavor,
@@ -52,95 +51,8 @@ class _Refuse(importlib.abc.MetaPathFinder):
 _PR_SET_PDEATHSIG = 1
 
 
-_PR_SET_NAME = 15
-
-
-def _prctl(option: int, value: int | bytes) -> None:
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-
-
 def _send_line(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(json.dumps(message).encode() + b"\n")
-
-
-def _libgomp() -> Any:
-    """The libgomp CASA loaded, or None (never loads one)."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
-    except OSError:
-        return None
-
-
-#: GNU OpenMP's thread pool does not survive ``fork``: a fork of a process whose
-#: pool ever ran more than one thread hangs in its first parallel region. The
-#: template therefore runs OpenMP (its warm-up task) with one thread, and each
-#: fork sets the count its caller asked for (``OMP_NUM_THREADS`` in the caller's
-#: environment at call time), else libgomp's own default (all usable CPUs), as an
-#: in-process CASA would; libgomp then starts a fresh pool in the fork.
-_omp_default_threads: int | None = None
-
-
-def _settle_openmp_in_template() -> None:
-    global _omp_default_threads
-    gomp = _libgomp()
-    if gomp is not None:
-        _omp_default_threads = int(gomp.omp_get_max_threads())
-        gomp.omp_set_num_threads(1)
-
-
-def _settle_openmp_in_fork(env: dict[str, str]) -> None:
-    if _omp_default_threads is None:
-        return
-    wanted = _omp_default_threads
-    with contextlib.suppress(ValueError):
-        wanted = max(1, int(env.get("OMP_NUM_THREADS", "").split(",")[0]))
-    gomp = _libgomp()
-    if gomp is not None:
-        gomp.omp_set_num_threads(wanted)
-
-
-def _warm() -> None:
-    """Run ft and clearcal once on a scratch MS, so forks inherit CASA's first-use work.
-
-    A fork's first ``ft`` otherwise pays for initialising what a warm process
-    already has (the simulator-free part of the measures tables, the imager,
-    the table system, casalog) and copy-on-write faults on all of it: measured
-    on a 1k-row MS, ~13 ms of CPU and ~500 page faults per call. The results
-    do not change (tests/test_perf_template.py compares MODEL_DATA with an
-    in-process ft element by element). Runs with one OpenMP thread (see above).
-    """
-    import casatasks
-
-    from casaguard.remote.casa import journal as incasa_journal
-    from casaguard.remote.casa import logs, simulate
-
-    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX + "warm-")
-    # CASA prints its leap-second SEVERE noise and warnings on fd 2 whatever the
-    # log sink: keep them out of the template's stderr, which reports its failures.
-    saved_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    try:
-        logs.log_to(os.path.join(scratch, "casa.log"))
-        vis = os.path.join(scratch, "warm.ms")
-        point = os.path.join(scratch, "warm.cl")
-        simulate.simulate_ms(vis, n_antennas=2, n_times=1, nchan=(1,))
-        simulate.make_point_complist(point)
-        incasa_journal.plan(vis, ("MODEL_DATA", "SOURCE"), task="ft")
-        casatasks.ft(vis=vis, complist=point, usescratch=True)
-        casatasks.clearcal(vis=vis)
-    finally:
-        with contextlib.suppress(Exception):  # the warm-up is an optimisation only
-            logs.log_to(os.devnull)
-        shutil.rmtree(scratch, ignore_errors=True)
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
 
 
 @dataclass
@@ -239,7 +151,7 @@ class _Server:
             spare.close()
         started = time.monotonic()
         try:
-            _warm()
+            warm.run()
         except Exception as error:  # noqa: BLE001 - forks still work, only slower
             print(f"casaguard template: warm-up failed: {error!r}", file=sys.stderr)
         gc.collect()
@@ -294,7 +206,7 @@ def _fork(sock: socket.socket, message: dict[str, Any], close: tuple[int, ...]) 
         return 0
     if pid == 0:
         os.close(alive_r)
-        _in_fork(message, alive_w, template, close=close)
+        forked.in_fork(message, alive_w, template, close=close)
     os.close(alive_w)
     alive = bool(_await_alive(pid, alive_r))
     _send_line(sock, {"id": message["id"], "pid": pid, "alive": alive})
@@ -315,7 +227,7 @@ def _make_spare(close: tuple[int, ...]) -> _Spare | None:
     if pid == 0:
         os.close(alive_r)
         os.close(jobs_w)
-        _in_spare(alive_w, jobs_r, template, close=close)
+        forked.in_spare(alive_w, jobs_r, template, close=close)
     os.close(alive_w)
     os.close(jobs_r)
     ready, _, _ = select.select([alive_r], [], [], HANDSHAKE_S)
@@ -331,79 +243,12 @@ def _make_spare(close: tuple[int, ...]) -> _Spare | None:
     return _Spare(pid, jobs_w, alive_r)
 
 
-def _become_child(template: int, close: tuple[int, ...], name: bytes) -> None:
-    """A fresh fork's first steps: own session, a name, default signals, parent-death signal."""
-    os.setsid()
-    _prctl(_PR_SET_NAME, name)  # what ps and top show
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for fd in close:
-        os.close(fd)
-    from casaguard.sandbox import child as _child
-
-    _child.die_with_parent(template)
-
-
-def _take_job(message: dict[str, Any]) -> Path:
-    """Take the caller's environment and import path; send fd 1/2 to the job's output file."""
-    from casaguard.sandbox import child as _child
-
-    env = message["env"]
-    os.environ.clear()
-    os.environ.update(env)
-    # The caller's import path as of this call, ahead of the template's own.
-    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
-    sys.path[:0] = extra
-    directory = Path(message["job"])
-    _child.redirect_output(directory)
-    _settle_openmp_in_fork(env)
-    return directory
-
-
-def _in_fork(
-    message: dict[str, Any], alive_w: int, template: int, close: tuple[int, ...]
-) -> NoReturn:
-    """A fork made for one call: become a clean child, take the job, say alive, run it."""
-    try:
-        from casaguard.sandbox import child as _child
-
-        _become_child(template, close, FORK_NAME)
-        directory = _take_job(message)
-        os.write(alive_w, b"!")
-        os.close(alive_w)
-        _child.run_job(directory)
-    finally:
-        os._exit(EXIT_FORK_FAILED)
-
-
-def _in_spare(alive_w: int, jobs_r: int, template: int, close: tuple[int, ...]) -> NoReturn:
-    """A spare's whole life: become a clean child, say alive, wait for a job, run it."""
-    try:
-        from casaguard.sandbox import child as _child
-
-        _become_child(template, close, SPARE_NAME)
-        os.write(alive_w, b"!")
-        chunks = []
-        while chunk := os.read(jobs_r, 1 << 16):
-            chunks.append(chunk)
-        os.close(jobs_r)
-        if not chunks:
-            os._exit(0)  # the template let this spare go without a job
-        _prctl(_PR_SET_NAME, FORK_NAME)
-        directory = _take_job(json.loads(b"".join(chunks)))
-        os.write(alive_w, b"!")
-        os.close(alive_w)
-        _child.run_job(directory)
-    finally:
-        os._exit(EXIT_FORK_FAILED)
-
-
 def main(argv: list[str] | None = None) -> NoReturn:
     """Template entry point: ``python -P -c TEMPLATE_CODE CONTROL_FD PARENT_PID``."""
     args = sys.argv[1:] if argv is None else argv
     control_fd, parent = int(args[0]), int(args[1])
     flavor = FLAVORS[args[2] if len(args) > 2 else "casa"]
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    forked.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(0)  # the caller died before the signal was armed
     sock = socket.socket(fileno=control_fd)
@@ -419,7 +264,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             cause = _child.setup_failure(error) if casa else f"cannot import {module}: {error}"
             _send_line(sock, {"setup_error": cause.splitlines()[0] if cause else module})
             raise
-    _settle_openmp_in_template()
+    warm.settle_openmp_in_template()
     _child.close_listeners()  # casatools' gRPC registry: no fork may inherit it
     scratch = os.getcwd()
     os.chdir("/")  # never pin a directory; each fork goes to its caller's cwd
