@@ -261,10 +261,14 @@ def test_casatools_grpc_registry_is_casatools_own_listener(tmp_path: Path) -> No
 def test_no_network_listener_in_template_or_child(
     ms: Path, complist: Path, mode: str, no_leaks: None
 ) -> None:
-    """After a guarded ft, neither the warm template nor a child listens on a non-loopback port."""
+    """After a guarded ft, neither the warm template (its warm-up done) nor a child listens on a
+    non-loopback port: a fork inherits no listener, so it does not look for one."""
     import casaguard
 
     casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True, mode=mode)
+    if mode == "template":
+        template = _template._templates["casa"]
+        assert template.wait_warm(180), template.stderr_tail()
     in_child = casaguard.call(_my_listeners, mode=mode)
     assert _non_loopback(in_child) == [], in_child
     if mode == "template":

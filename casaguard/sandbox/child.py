@@ -183,11 +183,15 @@ def _prepare(request: _job.Request, directory: Path) -> None:
     if request.setup_casa_log:
         from casaguard.remote.casa.logs import log_to
 
+        # A fork of the warm template has casatools already, and no listener: the
+        # template closed them before it forked. Only a first import opens one.
+        first_import = "casatools" not in sys.modules
         try:
-            log_to(str(directory / _job.CASA_LOG))  # the first casatools import
+            log_to(str(directory / _job.CASA_LOG))
         except Exception as error:
             raise _CasaSetupFailed(setup_failure(error)) from error
-        close_listeners()
+        if first_import:
+            close_listeners()
 
 
 class _CasaSetupFailed(Exception):
