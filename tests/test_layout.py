@@ -43,7 +43,6 @@ MAX_LINES = 450
 #: Modules still over MAX_LINES, each capped at its size today so it can only shrink.
 #: Splitting them is open work.
 OVERSIZED: dict[str, int] = {
-    "casaguard.remote.casacore.static": 590,
     "casaguard.repairs.report": 560,
     "casaguard.repairs.fixes": 465,
 }

@@ -147,7 +147,7 @@ def test_keyword_missing_says_the_directory_is_there(variants: Variants, tmp_pat
 
 def test_lock_sync_data_is_read_from_a_real_table_lock(ms: Path) -> None:
     """The sync data casacore left in a simulated MS's table.lock: its rows and columns."""
-    from casaguard.remote.casacore.static import read_lock_sync
+    from casaguard.remote.casacore.lock_sync import read_lock_sync
 
     sync = read_lock_sync(str(ms))
     assert sync is not None and sync["nrrow"] == 168
