@@ -1,6 +1,7 @@
 """``casaguard repair``: a known safe fix for a probe finding, backed up and verified.
 
 (Not named ``repair/``, which would shadow ``casaguard.repair``.) ``report``
-plans and applies, ``fixes`` holds one fix per finding code, ``journal`` is the
-only door into the journal.
+plans and applies; ``fix`` says what every fix is, and ``file_fixes``,
+``column_fixes`` and ``journal_fixes`` hold the fixes by what they change;
+``journal`` is the only door into the journal.
 """

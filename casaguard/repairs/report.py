@@ -34,16 +34,10 @@ from casaguard.ms import access
 from casaguard.preflight.findings import CODES, SCHEMA_VERSION, Finding, ProbeReport, Verdict
 from casaguard.preflight.probe import probe
 from casaguard.repairs import journal as repair_journal
-from casaguard.repairs.fixes import (
-    DiscardJournal,
-    FinishJournal,
-    Fix,
-    RemoveCorrectedColumn,
-    RemoveModelColumn,
-    ReplaceForeignFiles,
-    replaceable,
-    unwritable_files,
-)
+from casaguard.repairs.column_fixes import RemoveCorrectedColumn, RemoveModelColumn
+from casaguard.repairs.file_fixes import ReplaceForeignFiles, replaceable, unwritable_files
+from casaguard.repairs.fix import Fix
+from casaguard.repairs.journal_fixes import DiscardJournal, FinishJournal
 
 log = events.get_logger()
 
