@@ -62,7 +62,7 @@ _EXPORTS: dict[str, str] = {
     "map_repair": "casaguard.batch.mapping",
     "map_task": "casaguard.batch.mapping",
     "probe": "casaguard.preflight.probe",
-    "repair": "casaguard.repairs.report",
+    "repair": "casaguard.repairs.run",
     "run_command": "casaguard.sandbox.command",
     "run_task": "casaguard.api.tasks",
     "simulate_ms": "casaguard.corpus.simulate",
@@ -155,6 +155,7 @@ if TYPE_CHECKING:
     )
     from casaguard.preflight.findings import Finding, ProbeReport
     from casaguard.preflight.probe import probe
-    from casaguard.repairs.report import RepairReport, repair
+    from casaguard.repairs.report import RepairReport
+    from casaguard.repairs.run import repair
     from casaguard.sandbox.command import CommandResult, run_command, wsclean
     from casaguard.sandbox.template.client import warmup

@@ -43,7 +43,6 @@ MAX_LINES = 450
 #: Modules still over MAX_LINES, each capped at its size today so it can only shrink.
 #: Splitting them is open work.
 OVERSIZED: dict[str, int] = {
-    "casaguard.repairs.report": 560,
 }
 
 

@@ -328,7 +328,7 @@ def test_every_fatal_code_has_a_fix_or_says_why_not_in_code_and_docs() -> None:
     """Every fatal probe code that is not bad input has a fix or a "no fix" reason with the
     human step in the planner, and docs/repair.md names it."""
     from casaguard.preflight.findings import CODES
-    from casaguard.repairs.report import FIXES, NO_FIX
+    from casaguard.repairs.plan import FIXES, NO_FIX
 
     docs = (Path(__file__).parents[1] / "docs" / "repair.md").read_text()
     fatal = [c for c, i in CODES.items() if i.severity == "fatal" and i.group != "input"]

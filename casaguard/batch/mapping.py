@@ -214,7 +214,7 @@ def map_repair(
     Returns:
         One ItemOutcome per path, in input order; an ok outcome's ``value`` is the RepairReport.
     """
-    from casaguard.repairs.report import repair
+    from casaguard.repairs.run import repair
 
     run = functools.partial(repair, **repair_options)
     return run_batch(
