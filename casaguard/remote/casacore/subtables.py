@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from casaguard.preflight.rules import REQUIRED as REQUIRED_SUBTABLES
+from casaguard.preflight.table_rules import REQUIRED as REQUIRED_SUBTABLES
 from casaguard.remote.casacore.lock_sync import read_lock_sync
 from casaguard.remote.casacore.reader import Reader, mark, missing_required
 
