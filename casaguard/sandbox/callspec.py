@@ -38,7 +38,9 @@ class CallSpec:
     """One guarded call.
 
     Attributes:
-        func: callable run in the child; args / kwargs its arguments.
+        func: callable run in the child; args / kwargs its arguments. None for a
+            launcher that runs a program, not Python (``casaguard.sandbox.command``):
+            then no request is written.
         name: task name (``ft``) or callable name, for messages and logs.
         is_casa_task: exceptions are CASA errors, and SEVERE lines count.
         setup_casa_log: import casatools in the child and capture the CASA log.
@@ -50,7 +52,8 @@ class CallSpec:
         lock_timeout: seconds to wait for another process's lock on ``vis``.
         strict: a normal return with SEVERE lines raises CasaSevereError.
         mode: ``"spawn"``, ``"template"`` or None (``$CASAGUARD_MODE``, then the fastest).
-        journal: callbacks around the call (see ``casaguard.journal.hook``).
+        journal: the journal around the call (``CallJournal``; made by
+            ``casaguard.journal.hook.journaled``), or None.
         casalog: append the call's CASA log to this file, success or failure
             (None: ``$CASAGUARD_CASALOG``, else only a failure's log is kept; see
             ``casaguard.sandbox.casalog``).
@@ -59,7 +62,7 @@ class CallSpec:
             launcher from ``casaguard.sandbox.command``).
     """
 
-    func: Callable[..., Any]
+    func: Callable[..., Any] | None
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     name: str = ""
@@ -73,16 +76,39 @@ class CallSpec:
     strict: bool = True
     mode: str | None = None
     flavor: str = "casa"
-    journal: Any = None
+    journal: CallJournal | None = None
     casalog: str | None = None
     launcher: Launcher | None = None
 
 
+class CallJournal(Protocol):
+    """What the runner asks of a journal: the sandbox knows no more of journals than this.
+
+    ``before`` runs in the parent before the child starts and returns an opaque
+    snapshot handle; ``restore`` undoes a dead child's writes and returns the
+    paths it put back; ``discard`` runs on every path at the end.
+    """
+
+    def before(self) -> Any:
+        """Take the MS's writer lock and prepare the journal the child fills."""
+
+    def restore(self, snapshot: Any) -> list[str]:
+        """Put back what the dead child may have changed; return the restored paths."""
+
+    def discard(self, snapshot: Any) -> None:
+        """Remove the journal (kept if a restore failed) and drop the writer lock."""
+
+
 class ChildHandle(Protocol):
-    """A started child, as a launcher hands it to the runner."""
+    """A started child, as a launcher hands it to the runner.
+
+    ``replies`` is False for a plain command (WSClean): it writes no reply and
+    no progress markers, so its exit status is all there is.
+    """
 
     pid: int
     mode: str
+    replies: bool
 
     def exit_status(self) -> int | None:
         """Return the exit status once the child is gone (blocking briefly), else None."""

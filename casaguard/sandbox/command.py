@@ -137,7 +137,7 @@ def run_command(
     label = name or Path(executable).name
     output = runner.run(
         callspec.CallSpec(
-            func=_never_called,
+            func=None,
             name=label,
             setup_casa_log=False,
             vis=os.path.abspath(vis) if vis else None,
@@ -148,10 +148,6 @@ def run_command(
         )
     )
     return CommandResult(args=tuple(argv), output_tail=str(output))
-
-
-def _never_called() -> None:
-    """Placeholder request function: a command's child never reads the request."""
 
 
 def wsclean_executable() -> str:

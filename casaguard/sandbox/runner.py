@@ -115,17 +115,18 @@ def _run(spec: CallSpec) -> Any:
     job = _job.JobDir()
     snapshot = None
     try:
-        job.write_request(
-            _job.Request(
-                func=spec.func,
-                args=spec.args,
-                kwargs=spec.kwargs,
-                name=spec.name,
-                is_casa_task=spec.is_casa_task,
-                setup_casa_log=spec.setup_casa_log,
-                cwd=os.getcwd(),
+        if spec.func is not None:
+            job.write_request(
+                _job.Request(
+                    func=spec.func,
+                    args=spec.args,
+                    kwargs=spec.kwargs,
+                    name=spec.name,
+                    is_casa_task=spec.is_casa_task,
+                    setup_casa_log=spec.setup_casa_log,
+                    cwd=os.getcwd(),
+                )
             )
-        )
         if spec.journal is not None:
             # An unsafe CASA configuration is refused before the MS is touched
             # (the writer lock and journal), so a refused call changes nothing.
@@ -158,7 +159,7 @@ def _run(spec: CallSpec) -> Any:
             snapshot=snapshot,
         )
     finally:
-        if snapshot is not None:
+        if snapshot is not None and spec.journal is not None:
             spec.journal.discard(snapshot)
         if keep_log is not None:
             try:
@@ -232,7 +233,7 @@ def _finish(
 ) -> Any:
     reply = job.read_reply()
     output = job.output_tail()
-    if reply is None and exit_code == 0 and not getattr(handle, "replies", True):
+    if reply is None and exit_code == 0 and not handle.replies:
         # A plain command (WSClean) writes no reply: exit 0 is its success and
         # the tail of its output its value.
         reply = _job.Reply(ok=True, value=output)
@@ -296,13 +297,14 @@ def _task_started(job: _job.JobDir, handle: ChildHandle) -> bool:
 
     A plain command (WSClean) writes no progress markers: it may always have written.
     """
-    if not getattr(handle, "replies", True):
+    if not handle.replies:
         return True
     return "started" in job.progress()
 
 
 def _restore(spec: CallSpec, snapshot: Any, error: CasaCrash | None) -> None:
     """Undo the dead child's writes; a failed restore raises its JournalError from the crash."""
+    assert spec.journal is not None  # only a journal takes a snapshot
     try:
         paths = spec.journal.restore(snapshot)
     except CasaguardError as failure:

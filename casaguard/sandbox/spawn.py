@@ -19,6 +19,7 @@ class SpawnHandle:
     """A child started as a fresh interpreter (``python -m casaguard.sandbox.child``)."""
 
     mode = "spawn"
+    replies = True
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self.process = process

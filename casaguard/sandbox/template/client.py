@@ -42,6 +42,7 @@ class TemplateHandle:
     """A fork of the template, as the runner waits on it."""
 
     mode = "template"
+    replies = True
 
     def __init__(self, template: Template, pid: int) -> None:
         self.template = template
