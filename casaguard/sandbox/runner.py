@@ -16,8 +16,9 @@
      |- classify -> value, or a CasaCrash subclass (evidence kept in crash dir)
      '- JobDir removed on every path
 
-The runner owns process lifetime. Launchers (``SpawnLauncher`` here, the warm
-template in ``template.client``) only start a child and report its exit status.
+The runner owns process lifetime. Launchers (``spawn.SpawnLauncher``, the warm
+template's ``template.client``; ``launchers`` picks one) only start a child and
+report its exit status.
 Every kill the runner performs is reported as its reason (``TaskTimeout``,
 ``MsLocked``, ``KeyboardInterrupt`` for a cancel), never as a bare signal.
 ``timeout`` counts from the moment the child exists: starting the warm template
@@ -50,41 +51,19 @@ from casaguard.sandbox import casalog
 from casaguard.sandbox import jobdir as _job
 from casaguard.sandbox.callspec import (
     CANCEL,
-    MODE_ENV,
     CallSpec,
     ChildHandle,
-    Launcher,
     check_timeouts,
 )
+from casaguard.sandbox.launchers import choose_launcher
 from casaguard.sandbox.lockwait import _Kill, _lock_kill_error, _lock_wait, _wait_for_lock
 from casaguard.sandbox.signals import signals_as_interrupts
-from casaguard.sandbox.spawn import SpawnLauncher
 
 log = events.get_logger()
 
 _POLL_S = 0.25
 #: The child's reply type for "CASA could not start" (``casaguard.sandbox.child.SETUP_ERROR_TYPE``).
 _SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
-
-
-def choose_launcher(mode: str | None, flavor: str = "casa") -> Launcher:
-    """Pick the launcher for ``mode`` (argument, then ``$CASAGUARD_MODE``, then fastest).
-
-    ``flavor`` names the warm template: ``"casa"`` (casatools) or ``"casacore"``
-    (python-casacore only), for code that must never share a process with the other.
-    """
-    chosen = (mode or os.environ.get(MODE_ENV) or "auto").lower()
-    if chosen not in ("auto", "spawn", "template"):
-        raise InvalidInput(f"unknown mode {chosen!r}: use 'spawn' or 'template'")
-    if chosen == "spawn":
-        return SpawnLauncher()
-    # Imported on first use: a caller that only ever spawns never loads the template client.
-    from casaguard.sandbox.template import client as template
-
-    launcher: Launcher = template.launcher(
-        fallback=SpawnLauncher(), required=chosen == "template", flavor=flavor
-    )
-    return launcher
 
 
 def run(spec: CallSpec) -> Any:

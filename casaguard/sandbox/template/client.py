@@ -177,7 +177,7 @@ def _current_template(env: dict[str, str], flavor: str = "casa", wait: bool = Tr
 def launcher(
     fallback: callspec.Launcher, required: bool = False, flavor: str = "casa"
 ) -> callspec.Launcher:
-    """The template launcher (``runner.choose_launcher`` calls this).
+    """The template launcher (``launchers.choose_launcher`` calls this).
 
     Args:
         fallback: the launcher used when the template cannot serve a call.
