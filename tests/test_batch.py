@@ -28,8 +28,8 @@ import pytest
 from conftest import casacore_script
 
 import casaguard
+from casaguard import exits
 from casaguard.cli import batch as cli_batch
-from casaguard.cli import exits
 from casaguard.corpus import crashers
 from casaguard.errors import RemoteTraceback
 

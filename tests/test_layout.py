@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "casaguard"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "events": 0,
+    "exits": 0,
     "casaenv": 1,
     "crash": 1,
     "ms": 1,

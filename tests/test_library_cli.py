@@ -19,10 +19,9 @@ import structlog
 from conftest import DROP_ROOT_POWERS
 
 import casaguard
-from casaguard import events
+from casaguard import events, exits
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import batch as cli_batch
-from casaguard.cli import exits
 from casaguard.cli import main as cli
 from casaguard.cli import options as cli_options
 from casaguard.cli import output as cli_output

@@ -21,8 +21,8 @@ from conftest import DROP_ROOT_POWERS
 from probe_variants import Builder, Variants, real_verdict, reality
 
 import casaguard
-from casaguard.cli.exits import EXIT_UNSAFE
 from casaguard.cli.probe import exit_code
+from casaguard.exits import EXIT_UNSAFE
 from casaguard.preflight.findings import CODES
 
 # variant, verdict measured with real CASA, the finding that must explain it (None: no

@@ -28,9 +28,9 @@ from rich.text import Text
 from casaguard.batch import mapping as batch
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import output as cli_output
-from casaguard.cli.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from casaguard.cli.options import add_task_options
 from casaguard.errors import CasaCrash, ChildError, InvalidInput
+from casaguard.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 RUN_EPILOG = (
     "Exit codes: 0 every MS ok; 1 any MS failed (crash, CASA error, SEVERE); "

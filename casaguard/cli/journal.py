@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from casaguard.cli.exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED
 from casaguard.errors import InvalidInput, JournalError
+from casaguard.exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED
 from casaguard.journal import layout as journal_layout
 from casaguard.journal import recovery as journal_recovery
 from casaguard.journal import trust as journal_trust

@@ -15,9 +15,9 @@ from typing import Any
 
 import casaguard
 from casaguard.cli import output as cli_output
-from casaguard.cli.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from casaguard.cli.options import add_casa_parameters, add_task_options, casa_arguments
 from casaguard.errors import CasaCrash, CasaguardError, InvalidInput, JournalError
+from casaguard.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 Handler = Callable[[argparse.Namespace], int]
 

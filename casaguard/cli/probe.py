@@ -21,7 +21,7 @@ from typing import Any
 from casaguard.batch import mapping as batch
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import batch as cli_batch
-from casaguard.cli.exits import EXIT_BAD_INPUT, EXIT_SAFE, EXIT_UNSAFE
+from casaguard.exits import EXIT_BAD_INPUT, EXIT_SAFE, EXIT_UNSAFE
 from casaguard.preflight import doctor
 from casaguard.preflight.findings import SCHEMA_VERSION, Finding, ProbeReport
 

@@ -13,9 +13,9 @@ import json
 import sys
 from typing import Any
 
-from casaguard.cli.exits import EXIT_FAILED, EXIT_OK
 from casaguard.corpus import regression, reproducers
 from casaguard.errors import CasaCrash
+from casaguard.exits import EXIT_FAILED, EXIT_OK
 from casaguard.preflight import versions
 from casaguard.sandbox import command
 
