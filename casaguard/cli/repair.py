@@ -21,8 +21,9 @@ from casaguard.batch import mapping as batch
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import batch as cli_batch
 from casaguard.errors import InvalidInput
+from casaguard.exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSAFE
 from casaguard.preflight.findings import SCHEMA_VERSION
-from casaguard.repairs.report import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSAFE, RepairReport
+from casaguard.repairs.report import RepairReport
 
 EPILOG = (
     "Exit codes: 0 nothing to do or repaired; 1 unsafe findings remain (a dry run with fixes "

@@ -10,11 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from casaguard.exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSAFE
 from casaguard.preflight.findings import SCHEMA_VERSION, Finding, ProbeReport, Verdict
-
-EXIT_OK = 0
-EXIT_UNSAFE = 1
-EXIT_BAD_INPUT = 2
 
 
 @dataclass
