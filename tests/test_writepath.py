@@ -85,6 +85,9 @@ with capture_logs() as events:
         out.update(first=error.kind, cls=type(error).__name__, holder=error.holder_pid,
                    message=str(error))
 out["children"] = [e["event"] for e in events if e["event"] == "task_started"]
+out["lock_kept"] = any(
+    line.split()[4] == str(os.getpid()) for line in open("/proc/locks").read().splitlines()
+)
 held.unlock()  # what the message advises
 casaguard.ft(vis=ms, complist=complist, usescratch=True, lock_timeout=5)
 out["after_unlock"] = "ok"
@@ -97,9 +100,11 @@ print("RESULT " + json.dumps(out))
 def test_a_table_the_caller_holds_open_is_reported_at_once(
     ms: Path, complist: Path, tmp_path: Path, opened: str
 ) -> None:
-    """A pipeline holding its MS (or a subtable) open gets MsLocked naming itself, no child."""
+    """A pipeline holding its MS (or a subtable) open gets MsLocked naming itself, no child,
+    and still holds its table's lock afterwards (the check never drops it)."""
     out = _result(_script(tmp_path, CALLER_HOLDS_TABLE, str(ms), str(complist), opened))
     assert (out["first"], out["cls"], out["holder"]) == ("locked", "MsLocked", out["pid"])
+    assert out["lock_kept"], "the pre-check dropped the caller's own casacore lock"
     table = ms if opened == "." else ms / opened
     assert out["message"] == SELF_LOCKED_MESSAGE.format(
         task="ft", pid=out["pid"], lock_type="READ", table=os.path.normpath(table)

@@ -77,10 +77,6 @@ def lock_holders(table: str | os.PathLike[str], *, include_self: bool = False) -
         text = PROC_LOCKS.read_text()
     except OSError:
         return []
-    try:
-        text = PROC_LOCKS.read_text()
-    except OSError:
-        return []
     me = os.getpid()
     found: dict[tuple[int, str], LockHolder] = {}
     for line in text.splitlines():
@@ -94,16 +90,6 @@ def lock_holders(table: str | os.PathLike[str], *, include_self: bool = False) -
     # A process that holds a table lock is also "in use": report it once.
     blocking = {h.pid for h in holders if h.blocks_casa}
     return [h for h in holders if h.blocks_casa or h.pid not in blocking]
-
-
-def blocking_holder(table: str | os.PathLike[str]) -> LockHolder | None:
-    """Return the first other process whose lock would make CASA wait, or None."""
-    if not _lock_byte_taken(Path(table) / "table.lock"):
-        return None
-    for holder in lock_holders(table):
-        if holder.blocks_casa:
-            return holder
-    return None
 
 
 def waiting_pids(table: str | os.PathLike[str], *, subtables: bool = False) -> set[int]:
@@ -202,12 +188,16 @@ def table_conflicts(
         by_inode[(st.st_dev, st.st_ino)] = table
     if not by_inode:
         return []
-    if not any(_lock_byte_taken(t / "table.lock") for t in by_inode.values()) and not (
-        include_self and _own_open_files(by_inode)
+    # Fast path, only when this process has no descriptor of any of these lock
+    # files: then it holds no lock on them, and opening one for F_GETLK cannot
+    # cost it one -- POSIX drops every lock a process holds on a file when it
+    # closes *any* descriptor of that file, so probing a table.lock the caller's
+    # casacore has open would silently unlock the caller's table. With none
+    # open and no lock byte taken by others, /proc/locks (9-18 ms after CASA
+    # ran) is not read.
+    if not _own_open_files(by_inode) and not any(
+        _lock_byte_taken(t / "table.lock") for t in by_inode.values()
     ):
-        # Fast path: nobody else holds a lock byte, and this process cannot hold
-        # a POSIX lock on a file it has no descriptor of (closing the last one
-        # drops the lock), so /proc/locks (9-18 ms after CASA ran) is not read.
         return []
     try:
         text = PROC_LOCKS.read_text()
@@ -276,6 +266,9 @@ def _lock_byte_taken(lock_file: Path) -> bool:
     ``F_GETLK`` asks about one file in microseconds. It reports only one
     conflicting lock, so a conflict still goes through ``/proc/locks`` for the
     holder's pid and command line. Locks of this process never conflict.
+
+    Only for a file this process has no descriptor of: closing the probe's
+    descriptor drops every POSIX lock the process holds on the file.
     """
     try:
         fd = os.open(lock_file, os.O_RDONLY)
