@@ -29,23 +29,18 @@ from __future__ import annotations
 
 import os
 import select
-import sys
 import time
 from typing import Any
 
 from casaguard import casaenv, events
 from casaguard.crash import classify, oom
-from casaguard.crash import evidence as crashdir
-from casaguard.crash.message import crash_message
 from casaguard.errors import (
-    EXCEPTION_FOR_KIND,
     CasaCrash,
     CasaguardError,
     ChildError,
     InvalidInput,
     RemoteTraceback,
     SetupError,
-    child_error_class,
 )
 from casaguard.sandbox import casalog
 from casaguard.sandbox import jobdir as _job
@@ -55,8 +50,9 @@ from casaguard.sandbox.callspec import (
     ChildHandle,
     check_timeouts,
 )
+from casaguard.sandbox.failure import failure_exception
 from casaguard.sandbox.launchers import choose_launcher
-from casaguard.sandbox.lockwait import _Kill, _lock_kill_error, _lock_wait, _wait_for_lock
+from casaguard.sandbox.lockwait import _Kill, _lock_wait, _wait_for_lock
 from casaguard.sandbox.signals import signals_as_interrupts
 
 log = events.get_logger()
@@ -250,7 +246,7 @@ def _finish(
         # CASA never started in the child, so the task wrote nothing: no restore.
         log.info("task_finished", **fields, outcome="setup-error")
         raise SetupError(reply.exc_message)
-    error = _exception(
+    error = failure_exception(
         spec, job, handle, exit_code, verdict, reply, output, casa_log, elapsed, kill
     )
     if snapshot is not None and verdict.kind not in ("casa-severe",) and _task_started(job, handle):
@@ -296,87 +292,3 @@ def _restore(spec: CallSpec, snapshot: Any, error: CasaCrash | None) -> None:
     if error is not None:
         error.restored = True
         error.restored_paths = tuple(paths)
-
-
-def _exception(
-    spec: CallSpec,
-    job: _job.JobDir,
-    handle: ChildHandle,
-    exit_code: int | None,
-    verdict: classify.Verdict,
-    reply: _job.Reply | None,
-    output: str,
-    casa_log: str,
-    elapsed: float,
-    kill: _Kill,
-) -> CasaCrash:
-    kind = "locked" if kill.lock is not None or kill.lock_unknown else verdict.kind
-    facts: dict[str, Any] = {
-        "kind": kind,
-        "task": spec.name,
-        "pid": handle.pid,
-        "exit_code": exit_code,
-        "signal": verdict.signal,
-        "detail": verdict.detail,
-        "casa_error": verdict.casa_error,
-        "severe_lines": verdict.severe_lines,
-        "elapsed_s": round(elapsed, 4),
-        "signature": verdict.signature,
-        "vis": spec.vis,
-    }
-    kept = crashdir.keep_evidence(
-        task=spec.name,
-        pid=handle.pid,
-        casa_log=job.file(_job.CASA_LOG),
-        output_tail=output,
-        facts=facts,
-    )
-    facts["log_path"] = str(kept) if kept else None
-    facts["stderr_tail"] = output[-8192:]
-    facts["casa_log_tail"] = "\n".join(casa_log.splitlines()[-40:])
-    if kind == "locked":
-        return _lock_kill_error(spec, handle, kill, facts)
-    exc_type = reply.exc_type if reply is not None and not reply.ok else None
-    message = crash_message(
-        task=spec.name,
-        pid=handle.pid,
-        exit_code=exit_code,
-        verdict=verdict,
-        log_path=facts["log_path"],
-        casa_log_empty=not casa_log.strip(),
-        timeout_s=spec.timeout,
-        exc_type=exc_type,
-    )
-    cls = EXCEPTION_FOR_KIND.get(kind, CasaCrash)
-    if issubclass(cls, ChildError):
-        if kind in ("casa-error", "python-error") and exc_type:
-            # Also the remote built-in (RuntimeError...): callers' `except` clauses keep working.
-            cls = child_error_class(cls, exc_type)
-        return cls(
-            message,
-            exc_type=exc_type or "",
-            exc_message=(reply.exc_message if reply is not None else "") or verdict.detail,
-            original=_original_exception(reply),
-            **facts,
-        )
-    return cls(message, **facts)
-
-
-def _original_exception(reply: _job.Reply | None) -> BaseException | None:
-    """Rebuild the child's exception only when that imports nothing new here.
-
-    Unpickling a casatools exception class would import casatools into the
-    caller, which is exactly what casaguard exists to prevent.
-    """
-    if reply is None or reply.ok or reply.exc_pickle is None:
-        return None
-    module = reply.exc_type.rpartition(".")[0]
-    if module not in ("builtins", "__main__") and module not in sys.modules:
-        return None
-    try:
-        import dill
-
-        original = dill.loads(reply.exc_pickle)
-    except Exception:  # noqa: BLE001 - the text and traceback are still there
-        return None
-    return original if isinstance(original, BaseException) else None
