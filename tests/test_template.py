@@ -105,6 +105,56 @@ def test_ft_runs_in_a_template_fork(
     assert psutil.Process(template).is_running()
 
 
+def test_a_done_casa_task_returns_before_its_fork_exits_and_leaves_no_status_behind(
+    template: int, ms: Path, complist: Path, monkeypatch: pytest.MonkeyPatch, no_leaks: None
+) -> None:
+    """A CASA task's fork that replied and holds no table lock says so on the job's FIFO:
+    the caller lets go of it without waiting for its exit, and the template's exit report
+    for it is dropped rather than kept for nobody."""
+    detached: list[int] = []
+    real_detach = _template.TemplateHandle.detach
+
+    def recording(handle: _template.TemplateHandle) -> bool:
+        detached.append(handle.pid)
+        return real_detach(handle)
+
+    monkeypatch.setattr(_template.TemplateHandle, "detach", recording)
+    for _ in range(3):
+        casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True, mode="template")
+    casaguard.call(len, "abc", mode="template")  # not a CASA task: waited for, not detached
+    assert len(detached) == 3, detached
+    for pid in detached:
+        assert _wait_gone(pid, 5.0), pid
+    connection_ = _template._templates["casa"]
+    deadline = time.monotonic() + 5.0
+    while (connection_._statuses or connection_._forgotten) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert connection_._statuses == {} and connection_._forgotten == set()
+
+
+def _table_lock_open_while(opened: bool, vis: str) -> bool:
+    """In a casacore fork: is a table.lock open, with ``vis`` open (or after closing it)?"""
+    from casacore.tables import table
+
+    from casaguard.sandbox.child import holds_table_lock_file
+
+    main = table(vis, ack=False)
+    if opened:
+        return holds_table_lock_file()
+    main.close()
+    return holds_table_lock_file()
+
+
+@pytest.mark.parametrize("opened", [True, False])
+def test_a_child_with_a_table_open_does_not_say_it_is_done(
+    ms: Path, opened: bool, no_leaks: None
+) -> None:
+    """holds_table_lock_file sees an open casacore table (its lock may be held: the caller
+    must wait for the exit) and sees nothing once the table is closed."""
+    held = casaguard.call(_table_lock_open_while, opened, str(ms), casa=False, flavor="casacore")
+    assert held is opened
+
+
 def test_restarts_after_the_template_is_killed(template: int, no_leaks: None) -> None:
     """A SIGKILLed template is noticed, reported, and replaced by a new one on the next call."""
     with capture_logs() as events:

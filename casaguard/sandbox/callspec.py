@@ -116,6 +116,10 @@ class ChildHandle(Protocol):
     def kill_tree(self) -> None:
         """Kill the child and every process below it, SIGTERM then SIGKILL."""
 
+    def detach(self) -> bool:
+        """The child said it is done (only exiting is left): stop tracking it, if this
+        launcher can (its exit is then someone else's to reap). False: wait for the exit."""
+
 
 class Launcher(Protocol):
     mode: str

@@ -108,12 +108,17 @@ def _run(spec: CallSpec) -> Any:
             casaenv.child_environment()
             snapshot = spec.journal.before()
         oom_before = oom.oom_kill_count()
-        handle = launcher.start(job)
+        done = job.open_done()
+        try:
+            handle = launcher.start(job)
+        except BaseException:
+            os.close(done)
+            raise
         # The clock starts once the child exists: a template's start-up is not the task's time.
         started = time.monotonic()
         try:
             log.info("task_started", task=spec.name, vis=spec.vis, pid=handle.pid, mode=handle.mode)
-            exit_code, kill = _wait(handle, spec, started)
+            exit_code, kill = _wait(handle, spec, started, done)
         except BaseException:
             # Ctrl-C can land between start() and _wait's own guard.
             handle.kill_tree()
@@ -144,12 +149,20 @@ def _run(spec: CallSpec) -> Any:
         job.close()
 
 
-def _wait(handle: ChildHandle, spec: CallSpec, started: float) -> tuple[int | None, _Kill]:
-    """Wait for the child; kill it on timeout, on a lock it waits for too long, or on Ctrl-C."""
+def _wait(
+    handle: ChildHandle, spec: CallSpec, started: float, done: int
+) -> tuple[int | None, _Kill]:
+    """Wait for the child; kill it on timeout, on a lock it waits for too long, or on Ctrl-C.
+
+    ``done`` is the job's FIFO (owned, and closed, here): a child that replied,
+    tore down and holds no table lock says so on it, and a handle that can let
+    go of its child (a template fork) counts as a clean exit then.
+    """
     try:
         pidfd: int | None = os.pidfd_open(handle.pid)
     except (OSError, AttributeError):
         pidfd = None
+    listening: list[int] = [done] if pidfd is not None else []
     blocked_since: float | None = None
     cancel = CANCEL.get()
     try:
@@ -159,7 +172,12 @@ def _wait(handle: ChildHandle, spec: CallSpec, started: float) -> tuple[int | No
                 if spec.timeout is not None:
                     # Wake exactly at the deadline: a short timeout must not round up to a poll.
                     wait_s = max(0.0, min(wait_s, started + spec.timeout - time.monotonic()))
-                select.select([pidfd], [], [], wait_s)
+                readable, _, _ = select.select([pidfd, *listening], [], [], wait_s)
+                if done in readable:
+                    said_done = _read_done(done)
+                    listening = []  # said it, or closed without saying: either way, once
+                    if said_done and handle.detach():
+                        return _job.EXIT_REPLIED, _Kill()
             status = handle.exit_status() if _gone(handle, pidfd) else None
             if status is not None:
                 return status, _Kill()
@@ -184,8 +202,16 @@ def _wait(handle: ChildHandle, spec: CallSpec, started: float) -> tuple[int | No
         handle.kill_tree()
         raise
     finally:
+        os.close(done)
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _read_done(done: int) -> bool:
+    try:
+        return os.read(done, 1) == b"d"
+    except BlockingIOError:
+        return False
 
 
 def _gone(handle: ChildHandle, pidfd: int | None) -> bool:

@@ -25,6 +25,10 @@ class SpawnHandle:
         self.process = process
         self.pid = process.pid
 
+    def detach(self) -> bool:
+        # This process is the child's parent: only waiting reaps it.
+        return False
+
     def exit_status(self) -> int | None:
         try:
             return self.process.wait(timeout=1.0)

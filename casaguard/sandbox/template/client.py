@@ -54,6 +54,11 @@ class TemplateHandle:
             self._status = self.template.exit_status(self.pid, timeout=1.0)
         return self._status
 
+    def detach(self) -> bool:
+        # The template reaps its forks; its exit report for this pid is dropped.
+        self.template.forget(self.pid)
+        return True
+
     def kill_tree(self) -> None:
         # The fork leads its own session, so its group holds any straggler too.
         procs.kill_tree(self.pid)

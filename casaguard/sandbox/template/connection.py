@@ -70,6 +70,9 @@ class Template:
         self._ids = itertools.count(1)
         self._replies: dict[int, dict[str, Any]] = {}
         self._statuses: dict[int, int] = {}
+        #: Forks whose caller stopped waiting (they said they were done): their
+        #: exit reports are dropped on arrival instead of kept for nobody.
+        self._forgotten: set[int] = set()
         self._thread = threading.Thread(target=self._keep, name="casaguard-template", daemon=True)
         self._thread.start()
 
@@ -119,6 +122,12 @@ class Template:
                 self.close()  # wedged: the next call starts a new template
             raise TemplateUnavailable(reason)
         return int(reply["pid"]), bool(reply["alive"])
+
+    def forget(self, pid: int) -> None:
+        """Nobody will ask for fork ``pid``'s exit status: do not keep it."""
+        with self._cond:
+            if self._statuses.pop(pid, None) is None:
+                self._forgotten.add(pid)
 
     def exit_status(self, pid: int, timeout: float) -> int | None:
         """The raw exit status of fork ``pid`` (negative: signal), once the template reaped it."""
@@ -219,11 +228,16 @@ class Template:
     def _dispatch(self, message: dict[str, Any]) -> None:
         with self._cond:
             if "exit" in message:
-                self._statuses[int(message["exit"])] = int(message["status"])
+                pid = int(message["exit"])
+                if pid in self._forgotten:
+                    self._forgotten.discard(pid)
+                else:
+                    self._statuses[pid] = int(message["status"])
             elif "id" in message:
                 # A fork reply for pid P comes after the exit of any earlier P: drop
                 # a status nobody collected, so a reused pid never reads it.
                 self._statuses.pop(int(message["pid"]), None)
+                self._forgotten.discard(int(message["pid"]))
                 self._replies[int(message["id"])] = message
             elif "ready" in message:
                 self._ready = True
