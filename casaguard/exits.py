@@ -15,6 +15,8 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 #: Ctrl-C or SIGTERM: children were killed and the journal had its say.
 EXIT_INTERRUPTED = 130
+#: The reader of stdout went away (``| head``): what a shell reports for death by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 #: The probe's and repair's words for the same statuses.
 EXIT_SAFE = EXIT_OK

@@ -147,6 +147,28 @@ def test_every_task_option_has_help(command: str) -> None:
     assert missing == []
 
 
+@pytest.mark.parametrize(
+    "args", [["regress", "--list"], ["probe", "--json", "/nonexistent/missing.ms"]]
+)
+def test_a_closed_stdout_ends_the_command_quietly(args: list[str]) -> None:
+    """With the reader of its stdout gone (`| head` that exited), a command exits 141, as a
+    program killed by SIGPIPE would, and prints no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "casaguard", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("command", ["ft", "clearcal"])
 def test_cli_options_are_the_drop_ins_parameters(command: str) -> None:
     """`casaguard ft` / `clearcal` take one option per CASA parameter of the drop-in, with the

@@ -2,13 +2,14 @@
 
 Exit codes: 0 success, 1 a guarded task failed (or an MS is unsafe: a task
 refused because of a pending journal, as ``probe`` calls it unsafe), 2 bad
-input or a failure of casaguard itself, 130 interrupted.
+input or a failure of casaguard itself, 130 interrupted, 141 stdout closed (`| head`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +18,13 @@ import casaguard
 from casaguard.cli import output as cli_output
 from casaguard.cli.options import add_casa_parameters, add_task_options, casa_arguments
 from casaguard.errors import CasaCrash, CasaguardError, InvalidInput, JournalError
-from casaguard.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from casaguard.exits import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -117,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(double free, segfault, C++ terminate, hang...) becomes a classified error "
             "instead of taking your pipeline down."
         ),
-        epilog="Exit codes: 0 ok, 1 task failed / MS unsafe, 2 bad input, 130 interrupted.",
+        epilog="Exit codes: 0 ok, 1 task failed / MS unsafe, 2 bad input, 130 interrupted, "
+        "141 stdout closed (| head).",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log events (-v, -vv)"
@@ -197,7 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
+    except BrokenPipeError:
+        # Whoever read our stdout stopped (`casaguard probe --json | head`): stop as
+        # quietly as a program that dies of SIGPIPE; nothing more goes to the pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("casaguard: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
