@@ -398,6 +398,30 @@ def test_success_drops_the_journal(ms: Path, complist: Path, no_leaks: None) -> 
     assert dropped["bytes"] == expected_bytes
 
 
+def test_the_journal_reuses_the_table_structure_until_table_dat_changes(
+    ms: Path, complist: Path, no_leaks: None
+) -> None:
+    """The second journaled ft on an MS plans from the structure the first recorded; once
+    table.dat changes (MODEL_DATA dropped, then created again), the next child reads the table
+    again and journals the column it creates -- the write still lands."""
+
+    def reused() -> object:
+        with capture_logs() as events:
+            casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
+        return next(e for e in events if e["event"] == "journal_dropped")["structure_reused"]
+
+    assert [reused(), reused()] == [False, True]
+    casaguard.call(Ref("casaguard.remote.casa.surgery", "remove_model_data"), str(ms))
+    # That ft creates MODEL_DATA, so table.dat changes again under the structure its child
+    # recorded before the task ran: the next child reads the table once more, then reuses.
+    assert [reused(), reused(), reused()] == [False, False, True]
+    model = casaguard.call(
+        Ref("casaguard.remote.casa.inspect_ms", "column_summary"), str(ms), "MODEL_DATA"
+    )
+    assert model["present"] and model["mean_amplitude"] == pytest.approx(0.5)
+    assert _journals(ms) == []
+
+
 # --- bad input: one line, non-zero exit, nothing changed ---------------------------------
 
 

@@ -136,6 +136,7 @@ from typing import TYPE_CHECKING
 
 from casaguard import events
 from casaguard.errors import InvalidInput, JournalError, ReadOnlyMs
+from casaguard.journal import structures
 from casaguard.journal.layout import (
     ALWAYS_SUBTABLES,
     HEARTBEAT,
@@ -299,6 +300,7 @@ class MsJournal:
             manifest = json.loads((snapshot.path / MANIFEST).read_text())
         except (OSError, ValueError):
             manifest = {}
+        structures.put(snapshot.vis, manifest.get("structure"))
         started = time.monotonic()
         snapshot.heartbeat_stop.set()
         shutil.rmtree(snapshot.path, ignore_errors=True)
@@ -309,6 +311,7 @@ class MsJournal:
             files=len(manifest.get("saved", ())),
             copy_s=manifest.get("copy_s"),
             plan_s=manifest.get("plan_s"),
+            structure_reused=manifest.get("structure_reused"),
             drop_s=round(time.monotonic() - started, 4),
         )
 
@@ -339,11 +342,12 @@ def journaled(
         lock_timeout=spec.lock_timeout,
         discard_orphan_journal=discard_orphan_journal,
     )
+    known = structures.get(hook.vis)
     return dataclasses.replace(
         spec,
         func=Ref("casaguard.remote.casa.journal", "run_journaled"),
         args=(str(hook.path), hook.vis, hook.writes, spec.name, spec.func, spec.args, spec.kwargs),
-        kwargs={},
+        kwargs={"known": known},
         journal=hook,
     )
 

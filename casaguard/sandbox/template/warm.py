@@ -82,7 +82,8 @@ def run() -> None:
         point = os.path.join(scratch, "warm.cl")
         simulate.simulate_ms(vis, n_antennas=2, n_times=1, nchan=(1,))
         simulate.make_point_complist(point)
-        incasa_journal.plan(vis, ("MODEL_DATA", "SOURCE"), task="ft")
+        structure = incasa_journal.table_structure(vis, task="ft")
+        incasa_journal.plan(vis, ("MODEL_DATA", "SOURCE"), structure)
         casatasks.ft(vis=vis, complist=point, usescratch=True)
         casatasks.clearcal(vis=vis)
     finally:
