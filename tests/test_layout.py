@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "events": 0,
     "exits": 0,
+    "version": 0,
     "casaenv": 1,
     "crash": 1,
     "ms": 1,
@@ -34,6 +35,8 @@ LAYERS: dict[str, int] = {
     "testing": 6,
     "cli": 7,
     "__main__": 8,
+    # The package face (casaguard/__init__.py): lazily reaches every module.
+    "": 8,
 }
 #: Child-side code may use leaf modules of the parent side, never the reverse.
 CHILD_ONLY = "remote"
@@ -41,6 +44,18 @@ CHILD_ONLY = "remote"
 #: which runs CASA tasks in the template): it may import child-only code.
 CHILD_ENTRIES = {"casaguard.sandbox.child", "casaguard.sandbox.template.warm"}
 MAX_LINES = 400
+#: The only modules that may import the package face ``casaguard`` itself.
+FACE_USERS = {"cli", "__main__"}
+#: Parent-side modules that child-only code may import: leaves a child needs (the error
+#: types, the journal's file layout and snapshot, the probe's table of required subtables,
+#: the crash primitives), none of which imports upward.
+CHILD_MAY_IMPORT = {
+    "casaguard.errors",
+    "casaguard.journal.layout",
+    "casaguard.journal.snapshot",
+    "casaguard.preflight.table_rules",
+    "casaguard.corpus.crashers",
+}
 
 
 def _module_name(path: Path) -> str:
@@ -112,7 +127,11 @@ def test_imports_point_down(name: str) -> None:
     top = _top(name)
     for target in GRAPH[name]:
         there = _top(target)
-        if target == "casaguard" or there == top:
+        if target == "casaguard":
+            # The face lazily reaches every module: importing it from inside is an upward arrow.
+            assert top in FACE_USERS, f"{name} imports the package face; import the module"
+            continue
+        if there == top:
             continue
         if there == CHILD_ONLY:
             assert top == CHILD_ONLY or name in CHILD_ENTRIES, f"{name} imports child-only {target}"
@@ -121,6 +140,13 @@ def test_imports_point_down(name: str) -> None:
             continue
         assert top in LAYERS and there in LAYERS, f"{name} -> {target}: layer not declared"
         assert LAYERS[there] <= LAYERS[top], f"{name} ({top}) imports upward: {target} ({there})"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if _top(n) == CHILD_ONLY))
+def test_child_only_code_imports_only_listed_parent_modules(name: str) -> None:
+    """Code under remote/ imports other remote/ code and the listed leaves, nothing else."""
+    foreign = {t for t in GRAPH[name] if _top(t) != CHILD_ONLY} - CHILD_MAY_IMPORT
+    assert not foreign, f"{name} imports {sorted(foreign)}"
 
 
 def test_no_importlib_between_own_modules() -> None:

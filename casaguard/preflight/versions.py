@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from importlib import metadata
 
-import casaguard
+from casaguard.version import __version__
 
 _PACKAGES = {
     "casatools": "casatools",
@@ -97,7 +97,7 @@ def glibc_version() -> str | None:
 
 def versions() -> dict[str, str | None]:
     """Every version the compatibility matrix records (None: not installed or unknown)."""
-    found: dict[str, str | None] = {"casaguard": casaguard.__version__}
+    found: dict[str, str | None] = {"casaguard": __version__}
     found.update({key: package_version(dist) for key, dist in _PACKAGES.items()})
     found["casacore"] = system_casacore_version()
     found["wsclean"] = wsclean_version()
