@@ -240,3 +240,21 @@ def test_teardown_crash_returns_the_result_and_warns(no_leaks: None) -> None:
     warning = next(e for e in events if e["event"] == "teardown_crash")
     assert warning["kind"] == "double-free" and warning["signal"] == "SIGABRT"
     assert warning["log_level"] == "warning"
+
+
+def test_a_zombie_is_alive_but_not_running() -> None:
+    """pids: an exited, unreaped child still exists (pid_alive) but is not running; once reaped
+    it is neither; a live process is both."""
+    from casaguard.sandbox import pids
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert pids.pid_alive(child.pid) and pids.running(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 5
+        while pids.running(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pids.pid_alive(child.pid) and not pids.running(child.pid)  # a zombie
+    finally:
+        child.wait()
+    assert not pids.pid_alive(child.pid) and not pids.running(child.pid)

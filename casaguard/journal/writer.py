@@ -20,6 +20,7 @@ from casaguard.journal.layout import (
     WRITER_LOCK_FILE,
     Snapshot,
 )
+from casaguard.ms import locks
 
 log = events.get_logger()
 
@@ -98,7 +99,7 @@ def _one_writer(vis: str, lock_timeout: float, task: str) -> int:
         if waited > lock_timeout:
             os.close(fd)
             holder = writer_lock_holder(vis)
-            command = _command(holder) if holder else "?"
+            command = locks.command_line(holder) if holder else "?"
             raise MsLocked(
                 LOCKED_MESSAGE.format(
                     vis=vis, holder_pid=holder, holder_cmdline=command, waited_s=waited
@@ -115,32 +116,7 @@ def _one_writer(vis: str, lock_timeout: float, task: str) -> int:
 
 def writer_lock_holder(vis: str | os.PathLike[str]) -> int | None:
     """The pid holding casaguard's writer lock on ``vis`` (from ``/proc/locks``), or None."""
-    try:
-        st = os.stat(Path(vis) / WRITER_LOCK_FILE)
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        fields = line.split()
-        # "3: FLOCK  ADVISORY  WRITE 4242 fe:00:123 0 EOF" (waiters carry "->").
-        if len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        where = fields[5].split(":")
-        try:
-            device = os.makedev(int(where[0], 16), int(where[1], 16))
-            if len(where) == 3 and int(where[2]) == st.st_ino and device == st.st_dev:
-                return int(fields[4])
-        except (ValueError, IndexError):
-            continue
-    return None
-
-
-def _command(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or "?"
+    return locks.flock_holder(Path(vis) / WRITER_LOCK_FILE)
 
 
 @contextlib.contextmanager

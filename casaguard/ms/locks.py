@@ -26,6 +26,7 @@ import struct
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -84,7 +85,7 @@ def lock_holders(table: str | os.PathLike[str], *, include_self: bool = False) -
         if holder is None or (holder[0] == me and not include_self):
             continue
         pid, lock_type = holder
-        found.setdefault((pid, lock_type), LockHolder(pid, lock_type, _cmdline(pid)))
+        found.setdefault((pid, lock_type), LockHolder(pid, lock_type, command_line(pid)))
     order = {"write": 0, "read": 1, "in-use": 2}
     holders = sorted(found.values(), key=lambda h: (order[h.lock_type], h.pid))
     # A process that holds a table lock is also "in use": report it once.
@@ -216,7 +217,7 @@ def table_conflicts(
         if (lock_type == "write" or written_here) and found.get((table, pid)) != "write":
             found[(table, pid)] = lock_type
     conflicts = [
-        TableConflict(table, LockHolder(pid, lock_type, _cmdline(pid)))
+        TableConflict(table, LockHolder(pid, lock_type, command_line(pid)))
         for (table, pid), lock_type in found.items()
     ]
     return sorted(conflicts, key=lambda c: (not c.is_self, c.table != root, str(c.table)))
@@ -224,20 +225,11 @@ def table_conflicts(
 
 def _parse_any(line: str, by_inode: Mapping[tuple[int, int], Path]) -> tuple[Path, int, str] | None:
     """Parse one granted ``/proc/locks`` line if it locks one of ``by_inode``'s files."""
-    fields = line.split()
-    if len(fields) < 8 or "->" in fields[1]:
+    lock = _granted(line)
+    table = None if lock is None else by_inode.get(lock.file)
+    if lock is None or table is None:
         return None
-    parts = fields[5].split(":")
-    if len(parts) != 3:
-        return None
-    try:
-        key = (os.makedev(int(parts[0], 16), int(parts[1], 16)), int(parts[2]))
-    except ValueError:
-        return None
-    table = by_inode.get(key)
-    if table is None:
-        return None
-    parsed = _parse(line, key[0], key[1])
+    parsed = _parse(line, *lock.file)
     return None if parsed is None else (table, parsed[0], parsed[1])
 
 
@@ -286,33 +278,72 @@ def _lock_byte_taken(lock_file: Path) -> bool:
     return lock_type != fcntl.F_UNLCK
 
 
-def _parse(line: str, device: int, inode: int) -> tuple[int, str] | None:
-    # "1: POSIX  ADVISORY  WRITE 3079 fe:00:2146480 0 0" (blocked waiters carry "->").
+class _Granted(NamedTuple):
+    """One granted lock of ``/proc/locks``: ``1: POSIX  ADVISORY  WRITE 3079 fe:00:2146480 0 0``."""
+
+    kind: str  # POSIX, OFDLCK or FLOCK
+    mode: str  # READ or WRITE
+    pid: int
+    file: tuple[int, int]  # (st_dev, st_ino)
+    start: int
+    end: int | None  # None: to end of file
+
+
+def _granted(line: str) -> _Granted | None:
+    """Parse one ``/proc/locks`` line; None for a blocked waiter (``->``) or a line not understood.
+
+    The one parser of ``/proc/locks`` in casaguard: table locks here, the
+    journal's writer ``flock`` (``flock_holder``) too.
+    """
     fields = line.split()
     if len(fields) < 8 or "->" in fields[1]:
         return None
-    kind, mode, pid_text, where, start_text, end_text = (fields[i] for i in (1, 3, 4, 5, 6, 7))
-    if kind not in ("POSIX", "OFDLCK"):
+    where = fields[5].split(":")
+    if len(where) != 3:
         return None
-    major_minor_inode = where.split(":")
-    if len(major_minor_inode) != 3:
-        return None
-    major, minor, inode_text = major_minor_inode
     try:
-        if int(inode_text) != inode or os.makedev(int(major, 16), int(minor, 16)) != device:
-            return None
-        pid = int(pid_text)
-        start = int(start_text)
+        device = os.makedev(int(where[0], 16), int(where[1], 16))
+        return _Granted(
+            kind=fields[1],
+            mode=fields[3],
+            pid=int(fields[4]),
+            file=(device, int(where[2])),
+            start=int(fields[6]),
+            end=None if fields[7] == "EOF" else int(fields[7]),
+        )
     except ValueError:
         return None
-    end = None if end_text == "EOF" else int(end_text)
-    covers_lock_byte = start <= TABLE_LOCK_BYTE and (end is None or end >= TABLE_LOCK_BYTE)
+
+
+def _parse(line: str, device: int, inode: int) -> tuple[int, str] | None:
+    """(pid, "read" | "write" | "in-use") of a granted fcntl lock on the file, else None."""
+    lock = _granted(line)
+    if lock is None or lock.kind not in ("POSIX", "OFDLCK") or lock.file != (device, inode):
+        return None
+    covers_lock_byte = lock.start <= TABLE_LOCK_BYTE and (
+        lock.end is None or lock.end >= TABLE_LOCK_BYTE
+    )
     if not covers_lock_byte:
-        return (pid, "in-use")
-    return (pid, "write" if mode == "WRITE" else "read")
+        return (lock.pid, "in-use")
+    return (lock.pid, "write" if lock.mode == "WRITE" else "read")
 
 
-def _cmdline(pid: int) -> str:
+def flock_holder(path: str | os.PathLike[str]) -> int | None:
+    """The pid holding a granted ``flock`` on ``path`` (from ``/proc/locks``), or None."""
+    try:
+        st = os.stat(path)
+        text = PROC_LOCKS.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        lock = _granted(line)
+        if lock is not None and lock.kind == "FLOCK" and lock.file == (st.st_dev, st.st_ino):
+            return lock.pid
+    return None
+
+
+def command_line(pid: int) -> str:
+    """``pid``'s command line on one line (newlines escaped), or ``?``."""
     try:
         parts = psutil.Process(pid).cmdline()
     except (psutil.Error, OSError):

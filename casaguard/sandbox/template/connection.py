@@ -23,10 +23,8 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-import psutil
-
 from casaguard import casaenv, events
-from casaguard.sandbox import callspec
+from casaguard.sandbox import callspec, pids
 from casaguard.sandbox.template.flavors import HANDSHAKE_S, SCRATCH_PREFIX
 
 log = events.get_logger()
@@ -137,7 +135,7 @@ class Template:
                 return self._statuses.pop(pid)
         # The template died: its forks got SIGKILL from their parent-death signal,
         # and someone else (init) reaps them.
-        return None if _running(pid) else -signal.SIGKILL
+        return None if pids.running(pid) else -signal.SIGKILL
 
     def close(self) -> None:
         """Stop the template: EOF on its control socket, then SIGKILL if it lingers."""
@@ -253,10 +251,3 @@ class Template:
             self._dead = True
             self.failure = self.failure or reason
             self._cond.notify_all()
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
