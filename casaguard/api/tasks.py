@@ -170,7 +170,7 @@ def _drop_in(task: str) -> Callable[[Callable[P, Any]], Callable[P, Any]]:
     binds to it (so positional use, defaults and a misspelt keyword behave as
     for any Python function), ``run_task`` receives every parameter by name,
     a test compares the CASA part with the real task objects, and the CLI
-    builds its options from it (``casaguard.cli.task_options``).
+    builds its options from it (``casaguard.cli.options``).
     """
 
     def wrap(stub: Callable[P, Any]) -> Callable[P, Any]:

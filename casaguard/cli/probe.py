@@ -42,7 +42,7 @@ def register(commands: Any) -> None:
     )
     probe.add_argument("ms", nargs="+", help="MeasurementSet directories")
     probe.add_argument(
-        "--json", action="store_true", help="print one JSON document (schema in README)"
+        "--json", action="store_true", help="print one JSON document (schema in docs/probe.md)"
     )
     probe.add_argument(
         "--canary", action="store_true", help="also run guarded ft+clearcal on a slice copy"

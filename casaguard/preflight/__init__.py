@@ -3,7 +3,8 @@ would shadow that function.)
 
 ``probe`` runs the checks: the static child (``remote.casacore.static``) reads
 the MS, ``rules`` turns facts into ``findings`` (pure; it runs ``table_rules``,
-``metadata_rules`` and ``scratch_rules`` in order), ``host`` checks access,
-locks and disk in the parent, ``canary`` tries ft + clearcal on a slice copy;
-``doctor`` and ``versions`` describe the CASA stack.
+then ``metadata_rules``, then ``table_rules``' storage rules, then
+``scratch_rules``), ``host`` checks access, locks and disk in the parent,
+``canary`` tries ft + clearcal on a slice copy; ``doctor`` and ``versions``
+describe the CASA stack.
 """

@@ -3,7 +3,7 @@
 A leaf above ``errors`` (``MsUnsafe`` is a ``CasaguardError``): no I/O, nothing
 that imports CASA. Every code a
 probe can emit is listed in ``CODES`` with its severity and the class of cause
-it belongs to, so that the README table, the JSON output and the tests all
+it belongs to, so that the table in docs/probe.md, the JSON output and the tests all
 read one source of truth. Severity belongs to the code, never to the call
 site: ``MS_DIR_NOT_WRITABLE`` is always fatal.
 
@@ -41,7 +41,7 @@ class CodeInfo:
         group: ``input`` (not a usable MS: CLI exit 2), ``structure``,
             ``storage``, ``model``, ``access``, ``lock``, ``provenance``,
             ``environment``, ``canary`` or ``probe`` (the probe itself failed).
-        summary: one line for the README table.
+        summary: one line for the table in docs/probe.md.
     """
 
     severity: Severity
@@ -314,7 +314,7 @@ class ProbeReport:
         return [f for f in self.findings if f.severity == "fatal"]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form documented in the README (``Probe`` section)."""
+        """The JSON form documented in docs/probe.md (``JSON (--json)`` section)."""
         return {
             "ms": self.ms,
             "verdict": self.verdict,

@@ -10,8 +10,11 @@ The rules live in three groups, each read alone:
   table's IDs and cell shapes agree;
 - ``scratch_rules``: do MODEL_DATA and CORRECTED_DATA fit DATA, and who wrote them.
 
-This module owns what no group can: the order the groups run in, and the two early
-stops (a main table that does not open, a table that is not an MS at all).
+This module owns what no group can: the order the rules run in, and the two early
+stops (a main table that does not open, a table that is not an MS at all). The order
+is not group by group: ``table_rules``' input, reachability, column, lock and
+read-error rules, then ``metadata_rules``, then ``table_rules.storage_findings``,
+then ``scratch_rules``. ``ProbeReport.sort`` orders the findings afterwards.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def static_findings(ms: str, facts: dict[str, Any]) -> list[Finding]:
         return [table_rules.open_error_finding(ms, facts)]
     findings: list[Finding] = []
     findings += table_rules.input_findings(ms, facts)
-    if any(f.code in ("NOT_AN_MS",) for f in findings):
+    if any(f.code == "NOT_AN_MS" for f in findings):
         return findings
     findings += table_rules.reachability_findings(ms, facts)
     findings += table_rules.required_column_findings(ms, facts)

@@ -1,7 +1,8 @@
 """The repair's only door into the journal: orphan journals, the writer lock, and backups.
 
-Every call the repair makes into ``casaguard.journal.hook`` goes through this module,
-so that a change of the journal's format or rules changes this file only.
+Every call the repair makes into the journal (``casaguard.journal.layout``, ``recovery``,
+``restore``, ``snapshot``, ``trust`` and ``writer``) goes through this module, so that a
+change of the journal's format or rules changes this file only.
 
 Writer lock. The repair holds the journal's own writer lock
 (``<ms>/.casaguard-writer.lock``, ``casaguard.journal.writer.writer_lock``) for the whole of an

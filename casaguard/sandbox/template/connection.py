@@ -174,8 +174,8 @@ class Template:
     def _keep(self) -> None:
         """Start the template from this thread and read its messages until EOF."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # -c rather than -m: the package __init__ imports this module, and runpy
-        # would then run a second copy of it as __main__.
+        # -c rather than -m: the server is imported under its own name and never
+        # runs as __main__, the module every fork inherits.
         command = [sys.executable, "-P", "-c", TEMPLATE_CODE]
         command += [str(theirs.fileno()), str(os.getpid()), self.flavor]
         # casatools writes casa-<date>.log into its cwd at import, whatever the
