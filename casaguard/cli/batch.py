@@ -1,8 +1,9 @@
 """``casaguard run TASK --vis A.ms B.ms ...``: one guarded casatask over many MSs at once.
 
 Also the parts any batch-shaped command shares (``casaguard probe`` takes the
-same ``--jobs`` / ``--scheduler``): ``add_engine_arguments`` and
-``engine_options``, the live ``ProgressBar``, the summary ``render_table`` (both rich),
+same ``--jobs`` / ``--scheduler``; ``casaguard repair`` the same ``--vis-list``):
+``add_engine_arguments`` and ``engine_options``, the ``--vis-list`` reader
+``vis_paths``, the live ``ProgressBar``, the summary ``render_table`` (both rich),
 the ``--json`` document ``batch_document``, and ``exit_code``.
 
 Registered by ``casaguard.cli.main``; this module never imports it (``cli`` is the top).
@@ -240,6 +241,37 @@ _UNCLIPPED = 100_000
 _LABEL_WIDTH = 60
 
 
+def vis_paths(given: Sequence[str], vis_list: str | None, *, usage: str) -> list[str]:
+    """The MSs a batch-shaped command got: those named, then those of ``--vis-list``.
+
+    Args:
+        given: the paths named on the command line.
+        vis_list: the ``--vis-list`` file (one path a line, blank lines skipped;
+            ``-`` for stdin), or ``None``.
+        usage: how to name MSs, for the message when there are none.
+
+    Returns:
+        The paths, in the order given.
+
+    Raises:
+        InvalidInput: the list cannot be read, or no MS was given at all.
+    """
+    paths = list(given)
+    if vis_list:
+        try:
+            if vis_list == "-":
+                text = sys.stdin.read()
+            else:
+                with open(vis_list, encoding="utf-8") as handle:
+                    text = handle.read()
+        except OSError as error:
+            raise InvalidInput(f"cannot read --vis-list {vis_list}: {error}") from error
+        paths += [line.strip() for line in text.splitlines() if line.strip()]
+    if not paths:
+        raise InvalidInput(f"no MS given: {usage} or --vis-list FILE")
+    return paths
+
+
 def _columns() -> int:
     return shutil.get_terminal_size((120, 24)).columns
 
@@ -312,26 +344,9 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def _vis_paths(args: argparse.Namespace) -> list[str]:
-    paths = list(args.vis)
-    if args.vis_list:
-        try:
-            if args.vis_list == "-":
-                text = sys.stdin.read()
-            else:
-                with open(args.vis_list, encoding="utf-8") as handle:
-                    text = handle.read()
-        except OSError as error:
-            raise InvalidInput(f"cannot read --vis-list {args.vis_list}: {error}") from error
-        paths += [line.strip() for line in text.splitlines() if line.strip()]
-    if not paths:
-        raise InvalidInput("no MS given: use --vis A.ms B.ms ... or --vis-list FILE")
-    return paths
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
-    paths = _vis_paths(args)
+    paths = vis_paths(args.vis, args.vis_list, usage="use --vis A.ms B.ms ...")
     engine = engine_options(args)
     bar = ProgressBar(len(paths))
     started = time.monotonic()

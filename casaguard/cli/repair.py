@@ -20,7 +20,6 @@ from typing import Any
 from casaguard.batch import mapping as batch
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import batch as cli_batch
-from casaguard.errors import InvalidInput
 from casaguard.exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSAFE
 from casaguard.preflight.findings import SCHEMA_VERSION
 from casaguard.repairs.report import RepairReport
@@ -67,23 +66,6 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=cmd_repair)
 
 
-def _paths(args: argparse.Namespace) -> list[str]:
-    paths = list(args.ms)
-    if args.vis_list:
-        try:
-            if args.vis_list == "-":
-                text = sys.stdin.read()
-            else:
-                with open(args.vis_list, encoding="utf-8") as handle:
-                    text = handle.read()
-        except OSError as error:
-            raise InvalidInput(f"cannot read --vis-list {args.vis_list}: {error}") from error
-        paths += [line.strip() for line in text.splitlines() if line.strip()]
-    if not paths:
-        raise InvalidInput("no MS given: casaguard repair A.ms B.ms ... or --vis-list FILE")
-    return paths
-
-
 def exit_code(outcomes: list[ItemOutcome]) -> int:
     """2 if any input was bad (or its repair raised), else 1 if any MS stays unsafe, else 0."""
     codes = [r.exit_code if (r := _report(o)) is not None else EXIT_BAD_INPUT for o in outcomes]
@@ -97,7 +79,7 @@ def _report(outcome: ItemOutcome) -> RepairReport | None:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    paths = _paths(args)
+    paths = cli_batch.vis_paths(args.ms, args.vis_list, usage="casaguard repair A.ms B.ms ...")
     engine = cli_batch.engine_options(args)
     bar = cli_batch.ProgressBar(len(paths))
     started = time.monotonic()
