@@ -35,8 +35,6 @@ _PR_SET_PDEATHSIG = 1
 CASA_SETUP_FAILED = "CASA cannot start with its configuration: {cause}{where}"
 #: The one line when the child cannot prepare a call (e.g. the caller's cwd is gone).
 PREPARE_FAILED = "the sandbox child could not prepare the call: {cause}"
-#: The reply's exception type that the runner turns into ``SetupError``.
-SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
 _TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
 
 
@@ -79,7 +77,7 @@ def run_job(directory: Path) -> NoReturn:
         message = str(error) if isinstance(error, _CasaSetupFailed) else None
         reply = _job.Reply(
             ok=False,
-            exc_type=SETUP_ERROR_TYPE,
+            exc_type=_job.SETUP_ERROR_TYPE,
             exc_message=message or PREPARE_FAILED.format(cause=_first_line(error)),
             traceback="".join(traceback.format_exception(error)),
         )

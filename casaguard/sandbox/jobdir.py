@@ -96,6 +96,11 @@ class Reply:
     exc_pickle: bytes | None = None
 
 
+#: ``Reply.exc_type`` of a child that could not start CASA or prepare the call:
+#: the child sends it, the runner turns it into ``SetupError``.
+SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
+
+
 @dataclass(frozen=True)
 class Ref:
     """A function named by module and attribute, imported only when called.

@@ -58,8 +58,6 @@ from casaguard.sandbox.signals import signals_as_interrupts
 log = events.get_logger()
 
 _POLL_S = 0.25
-#: The child's reply type for "CASA could not start" (``casaguard.sandbox.child.SETUP_ERROR_TYPE``).
-_SETUP_ERROR_TYPE = "casaguard.errors.SetupError"
 
 
 def run(spec: CallSpec) -> Any:
@@ -268,7 +266,12 @@ def _finish(
         log.info("task_finished", **fields, outcome="invalid-input")
         raise InvalidInput(reply.exc_message)
     setup_failed = "setup-failed" in job.progress()
-    if reply is not None and not reply.ok and reply.exc_type == _SETUP_ERROR_TYPE and setup_failed:
+    if (
+        reply is not None
+        and not reply.ok
+        and reply.exc_type == _job.SETUP_ERROR_TYPE
+        and setup_failed
+    ):
         # CASA never started in the child, so the task wrote nothing: no restore.
         log.info("task_finished", **fields, outcome="setup-error")
         raise SetupError(reply.exc_message)
