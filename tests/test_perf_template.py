@@ -15,8 +15,9 @@ from conftest import casa_script
 from structlog.testing import capture_logs
 
 import casaguard
+from casaguard.journal import layout as journal_layout
 from casaguard.sandbox.template import client as _template
-from casaguard.sandbox.template import connection, flavors
+from casaguard.sandbox.template import connection, flavors, warm
 
 
 @pytest.fixture
@@ -119,6 +120,11 @@ def test_warmed_forks_write_the_same_model_data_as_in_process_ft(
     _, equal, peak = line.split()
     assert equal == "True", compare.stdout
     assert float(peak) > 0.5  # a 1 Jy point source really was predicted
+
+
+def test_warm_up_plans_what_the_journal_says_ft_writes() -> None:
+    """The warm-up's ft plans the columns and subtables of the journal's own table for ft."""
+    assert journal_layout.task_writes("ft", {"usescratch": True}) == warm.FT_WRITES
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])

@@ -15,6 +15,12 @@ from typing import Any
 
 from casaguard.sandbox.template.flavors import SCRATCH_PREFIX
 
+#: What the warm-up's ``ft(usescratch=True)`` declares to the journal's plan. The
+#: one source is ``casaguard.journal.layout.task_writes("ft", {"usescratch": True})``;
+#: it is repeated here because the sandbox (layer 2) may not import the journal (3),
+#: and tests/test_perf_template.py checks that the two agree.
+FT_WRITES = ("MODEL_DATA", "SOURCE")
+
 
 def _libgomp() -> Any:
     """The libgomp CASA loaded, or None (never loads one)."""
@@ -66,7 +72,7 @@ def run() -> None:
     """
     import casatasks
 
-    from casaguard.remote.casa import journal as incasa_journal
+    from casaguard.remote.casa import journal as child_journal
     from casaguard.remote.casa import logs, simulate
 
     scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX + "warm-")
@@ -82,8 +88,8 @@ def run() -> None:
         point = os.path.join(scratch, "warm.cl")
         simulate.simulate_ms(vis, n_antennas=2, n_times=1, nchan=(1,))
         simulate.make_point_complist(point)
-        structure = incasa_journal.table_structure(vis, task="ft")
-        incasa_journal.plan(vis, ("MODEL_DATA", "SOURCE"), structure)
+        structure = child_journal.table_structure(vis, task="ft")
+        child_journal.plan(vis, FT_WRITES, structure)
         casatasks.ft(vis=vis, complist=point, usescratch=True)
         casatasks.clearcal(vis=vis)
     finally:
