@@ -65,8 +65,6 @@ UNSAFE_SITE_CONFIG = (
     "CASASITECONFIG={path} would be executed by CASA as you, but {problem}: point it at "
     "a file that only you (or root) can change"
 )
-#: What casaconfig loads after the site config (its ``--configfile`` default).
-CASA_USER_CONFIG = "~/.casa/config.py"
 
 _SITE_CONFIG_TEMPLATE = """\
 # Written by casaguard: offline CASA, measures from the installed casadata package.

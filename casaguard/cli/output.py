@@ -1,10 +1,11 @@
 """Terminal output of the ``casaguard`` command: log records, progress bar and tables (rich).
 
 The library only emits events (``casaguard.events``); the command decides how
-they look. Everything for a human goes through two rich consoles: ``stderr``
-for log records and the live progress bar (a record is printed *above* the
-bar, never into it), ``stdout`` for tables. The live bar draws only when
-stderr is a terminal (a pipe or a log file gets no cursor movement at all);
+they look. Log records and the live progress bar share one rich console on
+``stderr`` (a record is printed *above* the bar, never into it); tables are
+printed to stdout as text (``casaguard.cli.batch.render_table`` renders the batch
+summary with rich). The live bar draws only when stderr is a terminal (a pipe
+or a log file gets no cursor movement at all);
 colors only when stdout and stderr are terminals, never with ``--json`` or
 under ``NO_COLOR`` (https://no-color.org).
 
@@ -31,7 +32,6 @@ LEVEL_STYLES = {"WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"
 class _State:
     plain = False  # --json: no colors
     stderr: Console | None = None
-    stdout: Console | None = None
 
 
 def colors_allowed() -> bool:
@@ -67,17 +67,6 @@ def stderr_console() -> Console:
     if _State.stderr is None:
         _State.stderr = _console(stderr=True)
     return _State.stderr
-
-
-def stdout_console(width: int | None = None) -> Console:
-    """The console for tables on stdout (a fixed ``width`` renders for a test or a pipe)."""
-    if width is not None:
-        return Console(
-            file=sys.stdout, width=width, color_system=None, highlight=False, markup=False
-        )
-    if _State.stdout is None:
-        _State.stdout = _console(stderr=False)
-    return _State.stdout
 
 
 def live_allowed(console: Console) -> bool:
@@ -127,7 +116,7 @@ def configure(verbosity: int, *, json_logs: bool = False, plain: bool = False) -
         plain: no colors (``--json``).
     """
     _State.plain = plain
-    _State.stderr = _State.stdout = None
+    _State.stderr = None
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json_logs

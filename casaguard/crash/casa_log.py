@@ -44,7 +44,6 @@ SEVERE_NOISE: tuple[re.Pattern[str], ...] = (
 )
 
 _SEVERE_LINE = re.compile(r"^\S+ \S+\tSEVERE\t(?P<origin>[^\t]*)\t(?P<msg>.*)$")
-_CASA_LINE = re.compile(r"^\S+ \S+\t(?P<prio>[A-Z0-9]+)\t(?P<origin>[^\t]*)\t(?P<msg>.*)$")
 
 
 def severe_lines(casa_log: str) -> tuple[str, ...]:

@@ -84,15 +84,6 @@ def keep_evidence(
         return None
 
 
-def is_evidence(root: Path, name: str) -> bool:
-    """True when ``root/name`` is a folder casaguard made: the caller's, with ``MARKER`` in it."""
-    root_fd = os.open(root, _DIR_FLAGS)
-    try:
-        return _is_evidence(root_fd, name)
-    finally:
-        os.close(root_fd)
-
-
 def _write(folder_fd: int, name: str, data: bytes) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(name, flags, 0o600, dir_fd=folder_fd)

@@ -12,7 +12,7 @@ only this.
 from __future__ import annotations
 
 from casaguard.ms import access
-from casaguard.preflight.findings import CODES, ProbeReport
+from casaguard.preflight.findings import ProbeReport
 from casaguard.repairs import journal as repair_journal
 from casaguard.repairs.column_fixes import RemoveCorrectedColumn, RemoveModelColumn
 from casaguard.repairs.file_fixes import ReplaceForeignFiles, replaceable, unwritable_files
@@ -116,7 +116,6 @@ SUPERSEDED = (
     "`casaguard restore-journal MS --force`",
 )
 _MODEL_CODES = ("MODEL_DATA_FIXED_SHAPE_MISMATCH", "MODEL_DATA_BAD_TYPE")
-_ACCESS_CODES = ("TABLE_DAT_NOT_WRITABLE", "TABLE_FILE_NOT_WRITABLE", "SUBTABLE_NOT_WRITABLE")
 _DEFAULT_NO_FIX = (
     "casaguard knows no safe, minimal change for this cause",
     "see the finding's fix",
@@ -193,12 +192,3 @@ def _message(fix: Fix, report: ProbeReport) -> str:
 def planned_fix(fix: Fix, report: ProbeReport) -> PlannedFix:
     changes = [c.to_dict() for c in fix.plan()]  # first: a fix's why may depend on its plan
     return PlannedFix(fix.code, fix.name, _message(fix, report), fix.why, fix.consequence, changes)
-
-
-def known_codes() -> dict[str, str]:
-    """Every fatal finding code with ``fix`` or ``no fix`` (for docs and tests)."""
-    return {
-        code: ("fix: " + FIXES[code]) if code in FIXES else "no fix"
-        for code, info in CODES.items()
-        if info.severity == "fatal"
-    }

@@ -22,7 +22,6 @@ ID_COLUMNS = {
 #: casacore ColumnDesc option bit for a fixed-shape array column.
 FIXED_SHAPE = 4
 MODEL_SAMPLE_ROWS = 64
-COMPLEX_BYTES = 8
 
 
 def read_coldesc(reader: Reader, main: Any, name: str) -> dict[str, Any] | None:

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 MARKER = "casaguard-probe:"
-#: python-casacore's message for a cell of an array column that was never written.
-_UNDEFINED_CELL = ("no array in row", "not defined")
 
 
 def mark(step: str) -> None:
