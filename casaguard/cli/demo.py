@@ -19,6 +19,7 @@ from casaguard.api.tasks import call, clearcal, ft
 from casaguard.corpus import crashers
 from casaguard.corpus.simulate import make_point_complist, simulate_ms
 from casaguard.errors import CasaCrash
+from casaguard.exits import EXIT_FAILED, EXIT_OK
 from casaguard.preflight.probe import probe
 from casaguard.sandbox.command import wsclean
 from casaguard.sandbox.jobdir import Ref
@@ -43,7 +44,7 @@ def run_demo(directory: str, *, keep: bool = False) -> int:
     """Run the demo in a new folder under ``directory``; remove it unless ``keep``.
 
     Returns:
-        0 when every step behaved as expected, 1 otherwise.
+        ``EXIT_OK`` (0) when every step behaved as expected, ``EXIT_FAILED`` (1) otherwise.
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
@@ -93,9 +94,9 @@ def run_demo(directory: str, *, keep: bool = False) -> int:
             print("    ...and this process is still alive.")
         else:
             print("    the crasher did not crash: unexpected")
-            return 1
+            return EXIT_FAILED
         print(f"demo finished: {work}" + ("" if keep else " (removed; use --keep to keep it)"))
-        return 0
+        return EXIT_OK
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -21,7 +21,7 @@ from typing import Any
 from casaguard.batch import mapping as batch
 from casaguard.batch.item import ItemOutcome
 from casaguard.cli import batch as cli_batch
-from casaguard.exits import EXIT_BAD_INPUT, EXIT_SAFE, EXIT_UNSAFE
+from casaguard.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SAFE, EXIT_UNSAFE
 from casaguard.preflight import doctor
 from casaguard.preflight.findings import SCHEMA_VERSION, Finding, ProbeReport
 
@@ -169,7 +169,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 default=str,
             )
         )
-        return 1 if problem else 0
+        return EXIT_FAILED if problem else EXIT_OK
     for name, version in env["packages"].items():
         print(f"{name:<16} {version or 'not installed'}")
     ws = env["wsclean"]
@@ -206,4 +206,4 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 else f"CRASHED: {entry['kind']} {entry['signal'] or ''} {entry['detail']}"
             )
             print(f"{'deep':<16} {entry['order']}: {outcome}")
-    return 1 if problem else 0
+    return EXIT_FAILED if problem else EXIT_OK
