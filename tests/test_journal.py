@@ -349,6 +349,26 @@ def test_columns_created_before_a_crash_are_removed(
     assert_casa_can_use(ms, complist)
 
 
+def test_a_subtable_swapped_for_a_symlink_after_a_cached_plan_is_still_left_out(
+    big: BigMs, tmp_path: Path
+) -> None:
+    """SOURCE moved out of the MS and linked back leaves table.dat as it was: the reused table
+    structure must not journal SOURCE through the link (the restore would refuse the whole
+    journal). A timeout kill mid-ft then restores the MS, and CASA can use it."""
+    vis = big.copy("symlinked-source")
+    casaguard.clearcal(vis=str(vis))  # records the table structure, SOURCE inside the MS
+    outside = tmp_path / "outside" / "SOURCE"
+    outside.parent.mkdir()
+    shutil.move(str(vis / "SOURCE"), str(outside))
+    (vis / "SOURCE").symlink_to(outside)
+    with capture_logs() as events, pytest.raises(casaguard.TaskTimeout) as caught:
+        casaguard.ft(vis=str(vis), complist=str(big.complist), usescratch=True, timeout=0.3)
+    assert caught.value.restored, caught.value
+    assert _journals(vis) == []
+    assert not [e for e in events if e["event"] == "journal_restore_failed"]
+    assert_casa_can_use(vis, big.complist)
+
+
 def test_timeout_journal_false_takes_no_snapshot(big: BigMs) -> None:
     """journal=False takes no snapshot: a timeout kill during ft on 100k rows reports
     restored=False and leaves no journal."""

@@ -68,7 +68,7 @@ def run_journaled(
 
 
 def table_structure(vis: str, *, task: str, known: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Which data manager (SEQNR) holds each column, and each subtable's directory.
+    """Which data manager (SEQNR) holds each column, and each subtable's keyword.
 
     Returns ``known`` unchanged when its ``table_dat_sha256`` is that of ``vis``'s
     ``table.dat`` now; else reads it with casacore.
@@ -95,8 +95,10 @@ def table_structure(vis: str, *, task: str, known: dict[str, Any] | None = None)
             for manager in dminfo.values()
             for column in manager["COLUMNS"]
         },
-        "subtable_dirs": {
-            name: _subtable_dir(vis, value)
+        # The keywords as table.dat holds them; where each lies on disk is resolved
+        # anew by every call (a subtable swapped for a symlink leaves table.dat as it is).
+        "subtable_keywords": {
+            name: value
             for name, value in keywords.items()
             if isinstance(value, str) and value.startswith("Table: ")
         },
@@ -109,7 +111,10 @@ def plan(
     """Return (main-table files, subtable names, bytes the task may add) for ``writes``."""
     names = os.listdir(vis)
     seqnr_of: dict[str, int] = structure["seqnr_of"]
-    subtable_dirs: dict[str, str | None] = structure["subtable_dirs"]
+    subtable_dirs = {
+        name: _subtable_dir(vis, keyword)
+        for name, keyword in structure["subtable_keywords"].items()
+    }
     files = list(journal_layout.ALWAYS_FILES)
     subtables: list[str] = []
     growth = 0
