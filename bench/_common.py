@@ -243,8 +243,16 @@ def rss_loop(path: Path, point: Path, calls: int, *, journal: bool = False) -> d
     }
 
 
-def leaked_processes() -> list[dict[str, Any]]:
-    """Live descendants of this process other than the warm templates (and their spares)."""
+def leaked_processes(grace_s: float = 2.0) -> list[dict[str, Any]]:
+    """Live descendants of this process other than the warm templates (and their spares),
+    still there after ``grace_s``: a fork that said it was done may still be exiting."""
+    deadline = time.monotonic() + grace_s
+    while (leaked := _live_descendants()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return leaked
+
+
+def _live_descendants() -> list[dict[str, Any]]:
     me = psutil.Process()
     # The warm templates (one per flavor) outlive calls by design, as do their spare forks.
     templates = {_template.template_pid(flavor) for flavor in flavors.FLAVORS} - {None}
@@ -256,7 +264,7 @@ def leaked_processes() -> list[dict[str, Any]]:
                 continue
             if proc.ppid() in templates and proc.name() == spare:
                 continue
-            leaked.append({"pid": proc.pid, "name": proc.name()})
+            leaked.append({"pid": proc.pid, "name": proc.name(), "cmdline": proc.cmdline()[:4]})
         except psutil.Error:
             continue
     for proc in psutil.process_iter(["name", "ppid"]):
