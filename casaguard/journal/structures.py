@@ -1,13 +1,13 @@
 """The table structure each MS's last journaled child recorded, kept for the next call.
 
-Which data manager holds each column and each subtable's keyword come from
-the main ``table.dat`` (where a subtable lies on disk is resolved by every
-call: a subtable swapped for a symlink leaves ``table.dat`` as it is); the
-child records them with ``table.dat``'s SHA-256 in the journal's manifest (``casaguard.remote.casa.journal``) and the parent keeps
-it here for the next call on the same MS, which saves that child a table
-open (3-7 ms). A hint only: the child uses it only if ``table.dat`` still
-hashes the same. Kept for the most recent MSs, so a batch over thousands of
-MSs stays small.
+Which data manager holds each column, and each subtable's keyword, come from
+the main ``table.dat``. The child records them with ``table.dat``'s SHA-256
+in the journal's manifest (``casaguard.remote.casa.journal``); the parent
+keeps them here for the next call on the same MS, which saves that child a
+table open (3-7 ms). A hint only: the child uses it only if ``table.dat``
+still hashes the same, and resolves where each subtable lies on disk anew (a
+subtable swapped for a symlink leaves ``table.dat`` as it is). Kept for the
+most recent MSs, so a batch over thousands of MSs stays small.
 """
 
 from __future__ import annotations
