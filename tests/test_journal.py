@@ -369,6 +369,60 @@ def test_a_subtable_swapped_for_a_symlink_after_a_cached_plan_is_still_left_out(
     assert_casa_can_use(vis, big.complist)
 
 
+CALLER_KEEPS_TABLE_OPEN = """
+import json, os, sys
+from casacore import tables
+import casaguard
+
+ms, complist = sys.argv[1], sys.argv[2]
+held = tables.table(ms, ack=False)
+held.unlock()  # only casacore's "in use" byte stays locked: ft may run, CASA does not wait
+
+
+def my_locks():
+    me = str(os.getpid())
+    return sorted(" ".join(l.split()[1:4] + l.split()[6:8])
+                  for l in open("/proc/locks").read().splitlines() if l.split()[4] == me)
+
+
+out = {"before": my_locks()}
+try:
+    casaguard.ft(vis=ms, complist=complist, usescratch=True, timeout=0.3)
+    out["outcome"] = "returned"
+except casaguard.TaskTimeout as error:
+    out["outcome"] = "restored" if error.restored else "not restored"
+out["after"] = my_locks()
+held.close()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_a_restore_keeps_the_locks_of_a_caller_that_has_the_table_open(
+    big: BigMs, tmp_path: Path
+) -> None:
+    """A caller with the MS open but unlocked (its "in use" lock held) whose ft is killed
+    mid-write gets the MS restored and still holds its own locks: the restore, which opens
+    table.lock in the caller's process, never closes a descriptor that would drop them."""
+    vis = big.copy("caller-keeps-open")
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent(CALLER_KEEPS_TABLE_OPEN))
+    result = subprocess.run(
+        [sys.executable, str(script), str(vis), str(big.complist)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stdout + result.stderr
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert out["outcome"] == "restored", out
+    assert out["before"], "casacore took no lock: the test would prove nothing"
+    assert out["after"] == out["before"], out
+    assert_casa_can_use(vis, big.complist)
+
+
 def test_timeout_journal_false_takes_no_snapshot(big: BigMs) -> None:
     """journal=False takes no snapshot: a timeout kill during ft on 100k rows reports
     restored=False and leaves no journal."""

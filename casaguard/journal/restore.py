@@ -29,6 +29,7 @@ from casaguard.journal.layout import (
     RESTORE_LOCK_WAIT_S,
     _stat,
 )
+from casaguard.ms import locks
 
 log = events.get_logger()
 
@@ -171,7 +172,8 @@ def _restore(journal: Path, root: Path) -> list[str]:
 def _sync_data_unchanged(saved: Path | None, target: Path) -> bool:
     """Whether ``target``'s sync data (from byte LOCK_REQUEST_BYTES) is the snapshot's."""
     try:
-        now = target.read_bytes()
+        with locks.open_lock_file(target) as fd:
+            now = os.pread(fd, os.fstat(fd).st_size, 0)
     except FileNotFoundError:
         return saved is None
     if saved is None:
@@ -186,8 +188,7 @@ def _put_back_sync_data(saved: Path | None, target: Path) -> None:
     is now; ``saved=None`` (no lock file at snapshot time) empties the file.
     """
     data = saved.read_bytes() if saved is not None else b""
-    fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
+    with locks.open_lock_file(target) as fd:
         current = os.pread(fd, LOCK_REQUEST_BYTES, 0)
         if saved is not None and len(data) >= LOCK_REQUEST_BYTES == len(current):
             data = current + data[LOCK_REQUEST_BYTES:]
@@ -195,8 +196,6 @@ def _put_back_sync_data(saved: Path | None, target: Path) -> None:
             return
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
 
 
 def _remove_temp_files(root: Path) -> None:
@@ -273,12 +272,12 @@ def _table_lock(table: Path) -> Iterator[bool]:
     Taking a lock changes no byte of the file. If the lock file is missing
     nobody can hold the table, and it is not created here.
     """
-    try:
-        fd = os.open(table / LOCK_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        yield True
-        return
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            fd = stack.enter_context(locks.open_lock_file(table / LOCK_FILE))
+        except FileNotFoundError:
+            yield True
+            return
         deadline = time.monotonic() + RESTORE_LOCK_WAIT_S
         while True:
             try:
@@ -295,5 +294,3 @@ def _table_lock(table: Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
-    finally:
-        os.close(fd)

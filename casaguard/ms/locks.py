@@ -20,10 +20,12 @@ a table, casacore holds a READ lock on bytes 0-1 of its ``table.lock`` (until
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
-from collections.abc import Collection, Iterable, Mapping
+import threading
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -247,6 +249,46 @@ def _own_open_files(by_inode: Mapping[tuple[int, int], Path]) -> bool:
         if (st.st_dev, st.st_ino) in by_inode:
             return True
     return False
+
+
+#: Lock-file descriptors opened while this process already had the file open
+#: elsewhere (its casacore table): closing one would drop every POSIX lock the
+#: process holds on the file, so they stay open for the life of the process.
+_kept: dict[tuple[int, int], int] = {}
+_kept_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def open_lock_file(path: str | os.PathLike[str]) -> Iterator[int]:
+    """A read-write descriptor of a ``table.lock`` that never costs this process its locks.
+
+    POSIX drops all of a process's locks on a file when it closes *any*
+    descriptor of it. If this process has the file open already (a caller's
+    python-casacore table, even ``unlock()``-ed: casacore keeps its "in use"
+    byte), the descriptor is kept open instead of closed; otherwise it is an
+    ordinary open-use-close.
+
+    Raises:
+        FileNotFoundError: no such lock file (nothing is created).
+    """
+    st = os.lstat(path)
+    key = (st.st_dev, st.st_ino)
+    with _kept_lock:
+        kept = _kept.get(key)
+    if kept is not None:
+        yield kept
+        return
+    mine = _own_open_files({key: Path(path)})
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if mine:
+        with _kept_lock:
+            _kept.setdefault(key, fd)
+        yield fd
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _lock_byte_taken(lock_file: Path) -> bool:
