@@ -264,6 +264,8 @@ def _live_descendants() -> list[dict[str, Any]]:
                 continue
             if proc.ppid() in templates and proc.name() == spare:
                 continue
+            if "multiprocessing.resource_tracker" in " ".join(proc.cmdline()):
+                continue  # Dask's LocalCluster started it; it lives as long as this process
             leaked.append({"pid": proc.pid, "name": proc.name(), "cmdline": proc.cmdline()[:4]})
         except psutil.Error:
             continue
