@@ -172,7 +172,7 @@ def _restore(journal: Path, root: Path) -> list[str]:
 def _sync_data_unchanged(saved: Path | None, target: Path) -> bool:
     """Whether ``target``'s sync data (from byte LOCK_REQUEST_BYTES) is the snapshot's."""
     try:
-        with locks.open_lock_file(target) as fd:
+        with locks.open_lock_file(target, writable=False) as fd:
             now = os.pread(fd, os.fstat(fd).st_size, 0)
     except FileNotFoundError:
         return saved is None

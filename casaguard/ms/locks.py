@@ -254,13 +254,14 @@ def _own_open_files(by_inode: Mapping[tuple[int, int], Path]) -> bool:
 #: Lock-file descriptors opened while this process already had the file open
 #: elsewhere (its casacore table): closing one would drop every POSIX lock the
 #: process holds on the file, so they stay open for the life of the process.
-_kept: dict[tuple[int, int], int] = {}
+_kept: dict[tuple[int, int, bool], int] = {}
 _kept_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def open_lock_file(path: str | os.PathLike[str]) -> Iterator[int]:
-    """A read-write descriptor of a ``table.lock`` that never costs this process its locks.
+def open_lock_file(path: str | os.PathLike[str], *, writable: bool = True) -> Iterator[int]:
+    """A descriptor of a ``table.lock`` (read-write, or read-only) that never costs this
+    process its locks.
 
     POSIX drops all of a process's locks on a file when it closes *any*
     descriptor of it. If this process has the file open already (a caller's
@@ -272,14 +273,15 @@ def open_lock_file(path: str | os.PathLike[str]) -> Iterator[int]:
         FileNotFoundError: no such lock file (nothing is created).
     """
     st = os.lstat(path)
-    key = (st.st_dev, st.st_ino)
+    key = (st.st_dev, st.st_ino, writable)
     with _kept_lock:
         kept = _kept.get(key)
     if kept is not None:
         yield kept
         return
-    mine = _own_open_files({key: Path(path)})
-    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    mine = _own_open_files({key[:2]: Path(path)})
+    access = os.O_RDWR if writable else os.O_RDONLY
+    fd = os.open(path, access | os.O_NOFOLLOW | os.O_CLOEXEC)
     if mine:
         with _kept_lock:
             _kept.setdefault(key, fd)
