@@ -29,7 +29,7 @@ from casaguard.journal.layout import (
     RESTORE_LOCK_WAIT_S,
     _stat,
 )
-from casaguard.ms import locks
+from casaguard.ms import lock_files
 
 log = events.get_logger()
 
@@ -172,7 +172,7 @@ def _restore(journal: Path, root: Path) -> list[str]:
 def _sync_data_unchanged(saved: Path | None, target: Path) -> bool:
     """Whether ``target``'s sync data (from byte LOCK_REQUEST_BYTES) is the snapshot's."""
     try:
-        with locks.open_lock_file(target, writable=False) as fd:
+        with lock_files.open_lock_file(target, writable=False) as fd:
             now = os.pread(fd, os.fstat(fd).st_size, 0)
     except FileNotFoundError:
         return saved is None
@@ -188,7 +188,7 @@ def _put_back_sync_data(saved: Path | None, target: Path) -> None:
     is now; ``saved=None`` (no lock file at snapshot time) empties the file.
     """
     data = saved.read_bytes() if saved is not None else b""
-    with locks.open_lock_file(target) as fd:
+    with lock_files.open_lock_file(target) as fd:
         current = os.pread(fd, LOCK_REQUEST_BYTES, 0)
         if saved is not None and len(data) >= LOCK_REQUEST_BYTES == len(current):
             data = current + data[LOCK_REQUEST_BYTES:]
@@ -274,7 +274,7 @@ def _table_lock(table: Path) -> Iterator[bool]:
     """
     with contextlib.ExitStack() as stack:
         try:
-            fd = stack.enter_context(locks.open_lock_file(table / LOCK_FILE))
+            fd = stack.enter_context(lock_files.open_lock_file(table / LOCK_FILE))
         except FileNotFoundError:
             yield True
             return

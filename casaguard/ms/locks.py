@@ -20,17 +20,15 @@ a table, casacore holds a READ lock on bytes 0-1 of its ``table.lock`` (until
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import struct
-import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import psutil
+
+from casaguard.ms import lock_files
 
 PROC_LOCKS = Path("/proc/locks")
 TABLE_LOCK_BYTE = 0
@@ -198,8 +196,8 @@ def table_conflicts(
     # casacore has open would silently unlock the caller's table. With none
     # open and no lock byte taken by others, /proc/locks (9-18 ms after CASA
     # ran) is not read.
-    if not _own_open_files(by_inode) and not any(
-        _lock_byte_taken(t / "table.lock") for t in by_inode.values()
+    if not lock_files.has_own_descriptor(by_inode) and not any(
+        lock_files.lock_byte_taken(t / "table.lock") for t in by_inode.values()
     ):
         return []
     try:
@@ -233,93 +231,6 @@ def _parse_any(line: str, by_inode: Mapping[tuple[int, int], Path]) -> tuple[Pat
         return None
     parsed = _parse(line, *lock.file)
     return None if parsed is None else (table, parsed[0], parsed[1])
-
-
-def _own_open_files(by_inode: Mapping[tuple[int, int], Path]) -> bool:
-    """Whether this process has a descriptor open on any of ``by_inode``'s files."""
-    try:
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return True  # cannot tell: take the slow, complete path
-    for fd in fds:
-        try:
-            st = os.stat(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in by_inode:
-            return True
-    return False
-
-
-#: Lock-file descriptors opened while this process already had the file open
-#: elsewhere (its casacore table): closing one would drop every POSIX lock the
-#: process holds on the file, so they stay open for the life of the process.
-_kept: dict[tuple[int, int, bool], int] = {}
-_kept_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def open_lock_file(path: str | os.PathLike[str], *, writable: bool = True) -> Iterator[int]:
-    """A descriptor of a ``table.lock`` (read-write, or read-only) that never costs this
-    process its locks.
-
-    POSIX drops all of a process's locks on a file when it closes *any*
-    descriptor of it. If this process has the file open already (a caller's
-    python-casacore table, even ``unlock()``-ed: casacore keeps its "in use"
-    byte), the descriptor is kept open instead of closed; otherwise it is an
-    ordinary open-use-close.
-
-    Raises:
-        FileNotFoundError: no such lock file (nothing is created).
-    """
-    st = os.lstat(path)
-    key = (st.st_dev, st.st_ino, writable)
-    with _kept_lock:
-        kept = _kept.get(key)
-    if kept is not None:
-        yield kept
-        return
-    mine = _own_open_files({key[:2]: Path(path)})
-    access = os.O_RDWR if writable else os.O_RDONLY
-    fd = os.open(path, access | os.O_NOFOLLOW | os.O_CLOEXEC)
-    if mine:
-        with _kept_lock:
-            _kept.setdefault(key, fd)
-        yield fd
-        return
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _lock_byte_taken(lock_file: Path) -> bool:
-    """Whether another process holds a lock on the lock file (``F_GETLK``: takes nothing).
-
-    The fast path of every guarded call: reading ``/proc/locks`` makes the kernel
-    take its file-lock rwsem for writing, which waits for an RCU grace period
-    (measured: 9-18 ms right after a CASA child used fcntl locks), while
-    ``F_GETLK`` asks about one file in microseconds. It reports only one
-    conflicting lock, so a conflict still goes through ``/proc/locks`` for the
-    holder's pid and command line. Locks of this process never conflict.
-
-    Only for a file this process has no descriptor of: closing the probe's
-    descriptor drops every POSIX lock the process holds on the file.
-    """
-    try:
-        fd = os.open(lock_file, os.O_RDONLY)
-    except OSError:
-        return False  # no lock file: nobody can hold the table
-    try:
-        # The whole file (length 0): casacore's read and write locks use bytes 0 and 1.
-        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
-    except OSError:
-        return True  # cannot tell: take the slow, complete path
-    finally:
-        os.close(fd)
-    lock_type: int = struct.unpack("hhqqi", answer)[0]
-    return lock_type != fcntl.F_UNLCK
 
 
 class _Granted(NamedTuple):
