@@ -229,8 +229,8 @@ def _parse_any(line: str, by_inode: Mapping[tuple[int, int], Path]) -> tuple[Pat
     table = None if lock is None else by_inode.get(lock.file)
     if lock is None or table is None:
         return None
-    parsed = _parse(line, *lock.file)
-    return None if parsed is None else (table, parsed[0], parsed[1])
+    held = _table_lock_held(lock)
+    return None if held is None else (table, *held)
 
 
 class _Granted(NamedTuple):
@@ -273,7 +273,14 @@ def _granted(line: str) -> _Granted | None:
 def _parse(line: str, device: int, inode: int) -> tuple[int, str] | None:
     """(pid, "read" | "write" | "in-use") of a granted fcntl lock on the file, else None."""
     lock = _granted(line)
-    if lock is None or lock.kind not in ("POSIX", "OFDLCK") or lock.file != (device, inode):
+    if lock is None or lock.file != (device, inode):
+        return None
+    return _table_lock_held(lock)
+
+
+def _table_lock_held(lock: _Granted) -> tuple[int, str] | None:
+    """(pid, "read" | "write" | "in-use") of a casacore (fcntl) lock, None for a flock."""
+    if lock.kind not in ("POSIX", "OFDLCK"):
         return None
     covers_lock_byte = lock.start <= TABLE_LOCK_BYTE and (
         lock.end is None or lock.end >= TABLE_LOCK_BYTE
