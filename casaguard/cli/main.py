@@ -66,20 +66,24 @@ def _task_outcome(args: argparse.Namespace, run: Callable[[], Any]) -> int:
     return EXIT_OK
 
 
+def _guard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """casaguard's own options of a task command (``add_task_options`` + ``--no-journal``)."""
+    return {
+        "timeout": args.timeout,
+        "lock_timeout": args.lock_timeout,
+        "strict": args.strict,
+        "mode": args.mode,
+        "journal": args.journal,
+    }
+
+
 def _drop_in_handler(drop_in: Callable[..., Any]) -> Handler:
     """The handler of ``casaguard ft`` / ``clearcal``: the drop-in, with the parsed options."""
 
     def handle(args: argparse.Namespace) -> int:
         return _task_outcome(
             args,
-            lambda: drop_in(
-                **casa_arguments(args, drop_in),
-                timeout=args.timeout,
-                lock_timeout=args.lock_timeout,
-                strict=args.strict,
-                mode=args.mode,
-                journal=args.journal,
-            ),
+            lambda: drop_in(**casa_arguments(args, drop_in), **_guard_options(args)),
         )
 
     return handle
@@ -99,12 +103,8 @@ def _cmd_task(args: argparse.Namespace) -> int:
         args,
         lambda: casaguard.run_task(
             args.name,
-            timeout=args.timeout,
-            lock_timeout=args.lock_timeout,
-            strict=args.strict,
-            mode=args.mode,
+            **_guard_options(args),
             writes=args.writes.split(",") if args.writes else None,
-            journal=args.journal,
             **params,
         ),
     )
