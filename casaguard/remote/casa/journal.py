@@ -2,7 +2,7 @@
 
 Runs in the CASA child, which already has casatools loaded, so finding which
 storage-manager files hold a column costs one table open (3-7 ms). Which data
-manager holds which column, and where the subtables are, is all in the main
+manager holds which column, and the subtables' keywords, are all in the main
 table's ``table.dat``; so the child records that *structure* with the
 SHA-256 of ``table.dat`` in the manifest, the parent hands it to the next
 call on the same MS, and that child uses it only if ``table.dat`` still hashes
