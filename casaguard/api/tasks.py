@@ -163,7 +163,7 @@ def run_task(
     return runner.run(spec)
 
 
-def _drop_in(task: str) -> Callable[[Callable[P, Any]], Callable[P, Any]]:
+def _drop_in(stub: Callable[P, Any]) -> Callable[P, Any]:
     """Make a stub's signature the guarded task's: its parameters are written once, there.
 
     The stub's signature is the one source of a drop-in's parameters: the call
@@ -173,25 +173,23 @@ def _drop_in(task: str) -> Callable[[Callable[P, Any]], Callable[P, Any]]:
     builds its options from it (``casaguard.cli.options``).
     """
 
-    def wrap(stub: Callable[P, Any]) -> Callable[P, Any]:
-        signature = inspect.signature(stub)
+    task = stub.__name__  # the drop-in is named after its casatask
+    signature = inspect.signature(stub)
 
-        @functools.wraps(stub)
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
-            try:
-                bound = signature.bind(*args, **kwargs)
-            except TypeError as error:
-                # Python's own wording for a bad call: "ft() got an unexpected ...".
-                raise TypeError(f"{task}() {error}") from None
-            bound.apply_defaults()
-            return run_task(task, **bound.arguments)
+    @functools.wraps(stub)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            # Python's own wording for a bad call: "ft() got an unexpected ...".
+            raise TypeError(f"{task}() {error}") from None
+        bound.apply_defaults()
+        return run_task(task, **bound.arguments)
 
-        return guarded
-
-    return wrap
+    return guarded
 
 
-@_drop_in("ft")
+@_drop_in
 def ft(
     vis: str | os.PathLike[str] = "",
     field: str = "",
@@ -226,7 +224,7 @@ def ft(
     """
 
 
-@_drop_in("clearcal")
+@_drop_in
 def clearcal(
     vis: str | os.PathLike[str] = "",
     field: str = "",
