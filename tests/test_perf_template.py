@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,3 +241,67 @@ def test_map_task_installs_the_warmup_plugin_on_dask_workers(
         templates = client.run(lambda: _template.template_pid())
     assert all(engines.WARMUP_PLUGIN in names for names in plugins.values()), plugins
     assert all(pid is not None for pid in templates.values()), templates
+
+
+def _private_dirty_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Private_Dirty:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no Private_Dirty in smaps_rollup")
+
+
+def test_an_idle_spare_copies_the_pages_a_forks_first_task_writes(
+    warm_template: connection.Template, no_leaks: None
+) -> None:
+    """The warm template learned which pages a fork's ft writes; each idle spare copies them."""
+    import time
+
+    pages = warm_template.prefault_pages
+    assert pages > 500, pages  # a 1k-row ft writes ~1,400 shared pages
+    casaguard.call(os.getpid, casa=False, mode="template", timeout=60)  # a spare forked after warm
+    spare = _wait_spare(warm_template.pid)
+    deadline = time.monotonic() + 10
+    while _private_dirty_bytes(spare) < 0.8 * pages * os.sysconf("SC_PAGE_SIZE"):
+        assert time.monotonic() < deadline, (_private_dirty_bytes(spare), pages)
+        time.sleep(0.05)
+
+
+def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
+    tmp_path: Path,
+) -> None:
+    """Read-only, unmapped and shared pages among the learned ones are skipped; values stay."""
+    shared_file = tmp_path / "shared"
+    shared_file.write_bytes(b"s" * 4096)
+    script = textwrap.dedent(
+        f"""
+        import ctypes, mmap, os
+        from casaguard.sandbox.template import prefault
+        libc = ctypes.CDLL(None, use_errno=True)
+        page = os.sysconf("SC_PAGE_SIZE")
+        def address(m):
+            return ctypes.addressof(ctypes.c_char.from_buffer(m))
+        private = mmap.mmap(-1, page, flags=mmap.MAP_PRIVATE)
+        private[:] = bytes(range(256)) * (page // 256)
+        read_only = mmap.mmap(-1, page, flags=mmap.MAP_PRIVATE)
+        read_only_at = address(read_only)
+        assert libc.mprotect(ctypes.c_void_p(read_only_at), page, mmap.PROT_READ) == 0
+        gone = mmap.mmap(-1, page, flags=mmap.MAP_PRIVATE)
+        gone_at = address(gone)
+        assert libc.munmap(ctypes.c_void_p(gone_at), page) == 0
+        with open({str(shared_file)!r}, "r+b") as f:
+            shared = mmap.mmap(f.fileno(), page, flags=mmap.MAP_SHARED)
+        shared_at = address(shared)
+        prefault._learned.extend([address(private), read_only_at, gone_at, shared_at])
+        read_end, _ = os.pipe()
+        print("TOUCHED", prefault.touch_ahead(read_end))
+        print("SAME", private[:] == bytes(range(256)) * (page // 256))
+        """
+    )
+    before = shared_file.stat().st_mtime_ns
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TOUCHED 1" in result.stdout and "SAME True" in result.stdout, result.stdout
+    assert shared_file.stat().st_mtime_ns == before

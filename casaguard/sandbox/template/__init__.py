@@ -29,9 +29,11 @@ starts from the template's pristine heap and dies alone::
 The spare takes the fork itself (~12-40 ms for a 300 MB template) off the
 call's critical path; with no spare ready (a second call at once, a spare that
 died idle) the template forks on the spot, as the diagram's right column does
-after the fork. The warm-up (``warm.run``) takes CASA's first-use work off every
-fork's first task; OpenMP is why the template runs it single-threaded (see
-``warm.settle_openmp_in_template``).
+after the fork. The warm-up (``warm.run_tasks``) takes CASA's first-use work off
+every fork's first task; OpenMP is why the template runs it single-threaded (see
+``warm.settle_openmp_in_template``). After it, the template learns which pages a
+fork's first task writes, and each idle spare makes its own copies of them
+before a job arrives (``prefault``): the copy-on-write faults leave the call.
 
 Fork safety. casatools starts gRPC threads at import (``default-executo``,
 ``resolver-execut``, ``grpc_global_tim``, ``grpcpp_sync_ser``), and forking a

@@ -56,6 +56,8 @@ class Template:
         self.setup_error = ""
         self._ready = False
         self._warm = False
+        #: How many pages its spares copy ahead of a job (``prefault``), once warm.
+        self.prefault_pages = 0
         self.announced = False
         self._dead = False
         self._closing = False
@@ -243,7 +245,13 @@ class Template:
                 self.failure = self.setup_error = str(message["setup_error"])
             elif "warm" in message:
                 self._warm = True
-                log.debug("template_warm", pid=self.pid, warm_s=message.get("warm_s"))
+                self.prefault_pages = int(message.get("prefault_pages") or 0)
+                log.debug(
+                    "template_warm",
+                    pid=self.pid,
+                    warm_s=message.get("warm_s"),
+                    prefault_pages=self.prefault_pages,
+                )
             self._cond.notify_all()
 
     def _set_dead(self, reason: str) -> None:

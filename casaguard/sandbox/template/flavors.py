@@ -84,7 +84,7 @@ FLAVORS: dict[str, Flavor] = {
 
 
 #: After this many seconds without a request (and no call running), the template
-#: warms itself once: see ``warm.run``.
+#: warms itself once: see ``warm.run_tasks`` and ``server._Server.warm``.
 WARM_IDLE_S = 0.5
 
 

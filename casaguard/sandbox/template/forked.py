@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from casaguard.sandbox.template import warm
+from casaguard.sandbox.template import prefault, warm
 from casaguard.sandbox.template.flavors import EXIT_FORK_FAILED, FORK_NAME, SPARE_NAME
 
 _PR_SET_NAME = 15
@@ -82,6 +82,7 @@ def in_spare(alive_w: int, jobs_r: int, template: int, close: tuple[int, ...]) -
 
         _become_child(template, close, SPARE_NAME)
         os.write(alive_w, b"!")
+        prefault.touch_ahead(jobs_r)
         chunks = []
         while chunk := os.read(jobs_r, 1 << 16):
             chunks.append(chunk)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from casaguard.sandbox.template import forked, warm
+from casaguard.sandbox.template import forked, prefault, warm
 from casaguard.sandbox.template.flavors import (
     FLAVORS,
     HANDSHAKE_S,
@@ -49,6 +49,8 @@ class _Refuse(importlib.abc.MetaPathFinder):
 
 
 _PR_SET_PDEATHSIG = 1
+#: Signals of a process that touched memory it may not: an idle spare should never die of one.
+_FAULTS = (signal.SIGSEGV, signal.SIGBUS)
 
 
 def _send_line(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -105,6 +107,11 @@ class _Server:
                 # An idle spare died (killed from outside): no call knows its pid.
                 self.spare.close()
                 self.spare = None
+                if os.WIFSIGNALED(status) and os.WTERMSIG(status) in _FAULTS:
+                    # It may have been touching pages ahead (it never should fault):
+                    # spares stop doing so rather than die again.
+                    prefault.forget()
+                    print(f"casaguard template: idle spare {pid} faulted", file=sys.stderr)
                 continue
             if pid in self.discarded:
                 self.discarded.discard(pid)
@@ -150,14 +157,29 @@ class _Server:
             self.discarded.add(spare.pid)
             spare.close()
         started = time.monotonic()
+        frozen = False
         try:
-            warm.run()
+            with warm.scratch_ms() as (vis, point):
+                warm.run_tasks(vis, point)
+                gc.collect()
+                gc.freeze()
+                frozen = True
+                # In the state every spare starts from: which pages its first task writes.
+                prefault.learn(lambda: warm.run_tasks(vis, point), self.fds_to_close())
         except Exception as error:  # noqa: BLE001 - forks still work, only slower
             print(f"casaguard template: warm-up failed: {error!r}", file=sys.stderr)
-        gc.collect()
-        gc.freeze()
+        if not frozen:
+            gc.collect()
+            gc.freeze()
         self.replace_spare()
-        _send_line(self.sock, {"warm": os.getpid(), "warm_s": round(time.monotonic() - started, 3)})
+        _send_line(
+            self.sock,
+            {
+                "warm": os.getpid(),
+                "warm_s": round(time.monotonic() - started, 3),
+                "prefault_pages": prefault.learned_pages(),
+            },
+        )
 
     def replace_spare(self) -> None:
         """Fork the next spare (after a reply went out: off every caller's critical path)."""

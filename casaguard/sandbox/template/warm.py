@@ -1,7 +1,7 @@
 """The template's warm-up, and the OpenMP thread counts that keep its forks from hanging.
 
-Runs only in the template and its forks. ``run`` does CASA's first-use work
-once, so every fork inherits it; the template runs it with one OpenMP thread,
+Runs only in the template and its forks. ``run_tasks`` does CASA's first-use
+work once, so every fork inherits it; the template runs it with one OpenMP thread,
 and each fork sets the count its caller asked for (``settle_openmp_in_fork``).
 """
 
@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from casaguard.sandbox.template.flavors import SCRATCH_PREFIX
@@ -60,24 +61,17 @@ def settle_openmp_in_fork(env: dict[str, str]) -> None:
         gomp.omp_set_num_threads(wanted)
 
 
-def run() -> None:
-    """Run ft and clearcal once on a scratch MS, so forks inherit CASA's first-use work.
+@contextlib.contextmanager
+def scratch_ms() -> Iterator[tuple[str, str]]:
+    """A 2-antenna scratch MS and a point-source component list, removed afterwards.
 
-    A fork's first ``ft`` otherwise pays for initialising what a warm process
-    already has (the simulator-free part of the measures tables, the imager,
-    the table system, casalog) and copy-on-write faults on all of it: measured
-    on a 1k-row MS, ~13 ms of CPU and ~500 page faults per call. The results
-    do not change (tests/test_perf_template.py compares MODEL_DATA with an
-    in-process ft element by element). Runs with one OpenMP thread (see above).
+    CASA logs to a file beside them; fd 2 goes to /dev/null meanwhile: CASA
+    prints its leap-second SEVERE noise and warnings there whatever the log
+    sink, and the template's stderr reports its failures.
     """
-    import casatasks
-
-    from casaguard.remote.casa import journal as child_journal
     from casaguard.remote.casa import logs, simulate
 
     scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX + "warm-")
-    # CASA prints its leap-second SEVERE noise and warnings on fd 2 whatever the
-    # log sink: keep them out of the template's stderr, which reports its failures.
     saved_stderr = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -88,13 +82,32 @@ def run() -> None:
         point = os.path.join(scratch, "warm.cl")
         simulate.simulate_ms(vis, n_antennas=2, n_times=1, nchan=(1,))
         simulate.make_point_complist(point)
-        structure = child_journal.table_structure(vis, task="ft")
-        child_journal.plan(vis, FT_WRITES, structure)
-        casatasks.ft(vis=vis, complist=point, usescratch=True)
-        casatasks.clearcal(vis=vis)
+        yield vis, point
     finally:
         with contextlib.suppress(Exception):  # the warm-up is an optimisation only
             logs.log_to(os.devnull)
         shutil.rmtree(scratch, ignore_errors=True)
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
+
+
+def run_tasks(vis: str, point: str) -> None:
+    """Plan ft's journal, then run ft and clearcal on ``vis``: what a guarded call's fork does.
+
+    Run once in the template, forks inherit CASA's first-use work, which a
+    fork's first ``ft`` otherwise pays for (the simulator-free part of the
+    measures tables, the imager, the table system, casalog) with copy-on-write
+    faults on all of it: measured on a 1k-row MS, ~13 ms of CPU and ~500 page
+    faults per call. The results do not change (tests/test_perf_template.py
+    compares MODEL_DATA with an in-process ft element by element). Runs with
+    one OpenMP thread (see above). Run again in a throwaway fork, it shows
+    which pages a fork writes (``prefault.learn``).
+    """
+    import casatasks
+
+    from casaguard.remote.casa import journal as child_journal
+
+    structure = child_journal.table_structure(vis, task="ft")
+    child_journal.plan(vis, FT_WRITES, structure)
+    casatasks.ft(vis=vis, complist=point, usescratch=True)
+    casatasks.clearcal(vis=vis)
