@@ -6,6 +6,7 @@ and the trust rules all read these names.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -154,13 +155,10 @@ _FICLONE = 0x40049409
 _RESTORE_SUFFIX = ".casaguard-restore"
 
 
-def _stat_tree(root: Path) -> dict[str, list[int] | None]:
-    return {str(p.relative_to(root)): _stat(p) for p in root.rglob("*") if p.is_file()}
-
-
-def _stat(path: Path) -> list[int] | None:
+def _stat(path: str | os.PathLike[str]) -> list[int] | None:
+    """What the restore compares a file by: [size, mtime_ns, inode], or None if it is gone."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ino]

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from casaguard.journal.layout import (
     MANIFEST,
     NO_SPACE_MESSAGE,
     SPACE_MARGIN_BYTES,
-    _stat_tree,
+    _stat,
 )
 
 
@@ -59,13 +60,16 @@ def take_snapshot(
     root = Path(vis)
     journal = Path(journal)
     taken_ns = time.time_ns()
-    saved = [name for name in files if (root / name).is_file() and name != LOCK_FILE]
     present = [name for name in subtables if (root / name).is_dir()]
+    # One walk of the MS gives the files to copy, the entries and the stat tree.
+    tree = _walk(vis)
+    under = {name: [e for e in tree if e.rel.startswith(name + os.sep)] for name in present}
+    saved = [name for name in files if (root / name).is_file() and name != LOCK_FILE]
     for name in present:
         saved += [
-            str(p.relative_to(root))
-            for p in sorted((root / name).rglob("*"))
-            if p.is_file() and not p.is_symlink() and p.name != LOCK_FILE
+            e.rel
+            for e in sorted(under[name], key=lambda e: e.rel.split(os.sep))
+            if e.is_file and not e.is_symlink and os.path.basename(e.rel) != LOCK_FILE
         ]
     saved = list(dict.fromkeys(saved))
     lock_of = {"": LOCK_FILE, **{name: f"{name}/{LOCK_FILE}" for name in present}}
@@ -75,9 +79,12 @@ def take_snapshot(
     _check_space(task, vis, journal, snapshot_bytes, growth_bytes)
     started = time.monotonic()
     try:
+        made: set[Path] = set()
         for rel in copied:
             target = journal / FILES / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
             copy_file(root / rel, target)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -103,12 +110,9 @@ def take_snapshot(
         "saved": saved,
         "locks": locks,
         "subtables": {name: name in present for name in subtables},
-        "main_entries": sorted(p.name for p in root.iterdir()),
-        "subtable_entries": {
-            name: sorted(str(p.relative_to(root)) for p in (root / name).rglob("*"))
-            for name in present
-        },
-        "stat": _stat_tree(root),
+        "main_entries": sorted(os.listdir(root)),
+        "subtable_entries": {name: sorted(e.rel for e in under[name]) for name in present},
+        "stat": {e.rel: e.stat for e in tree if e.is_file},
         "bytes": snapshot_bytes,
         "copy_s": round(time.monotonic() - started, 4),
         **(extra or {}),
@@ -119,6 +123,33 @@ def take_snapshot(
         out.write(json.dumps(manifest))
     os.replace(tmp, journal / MANIFEST)
     return manifest
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One entry under the MS, as ``Path.rglob("*")`` lists it (symlinked directories
+    are listed, not entered); ``is_file`` follows a symlink, as ``Path.is_file`` does."""
+
+    rel: str
+    is_file: bool
+    is_symlink: bool
+    #: ``layout._stat`` of a file: [size, mtime_ns, inode], or None if it vanished.
+    stat: list[int] | None
+
+
+def _walk(root: str, prefix: str = "") -> list[_Entry]:
+    """Every entry under ``root``, with plain ``os.scandir``: a few hundred stats, no pathlib."""
+    found: list[_Entry] = []
+    with os.scandir(os.path.join(root, prefix) if prefix else root) as entries:
+        listed = list(entries)
+    for entry in listed:
+        rel = os.path.join(prefix, entry.name) if prefix else entry.name
+        is_file = entry.is_file()
+        is_symlink = entry.is_symlink()
+        found.append(_Entry(rel, is_file, is_symlink, _stat(entry.path) if is_file else None))
+        if entry.is_dir() and not is_symlink:
+            found += _walk(root, rel)
+    return found
 
 
 def copy_file(source: Path, target: Path) -> None:

@@ -111,10 +111,7 @@ def plan(
     """Return (main-table files, subtable names, bytes the task may add) for ``writes``."""
     names = os.listdir(vis)
     seqnr_of: dict[str, int] = structure["seqnr_of"]
-    subtable_dirs = {
-        name: _subtable_dir(vis, keyword)
-        for name, keyword in structure["subtable_keywords"].items()
-    }
+    keywords: dict[str, str] = structure["subtable_keywords"]
     files = list(journal_layout.ALWAYS_FILES)
     subtables: list[str] = []
     growth = 0
@@ -122,8 +119,8 @@ def plan(
     for name in writes:
         if name in seqnr_of:
             files += journal_layout.files_of_data_manager(names, seqnr_of[name])
-        elif name in subtable_dirs:
-            where = subtable_dirs[name]
+        elif name in keywords:
+            where = _subtable_dir(vis, keywords[name])
             if where is not None:  # a subtable outside the MS is not ours to copy
                 subtables.append(where)
         elif name in _DATA_LIKE and data_column is not None:
