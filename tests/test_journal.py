@@ -793,3 +793,24 @@ def test_two_guarded_writes_to_one_ms_never_interleave(
         assert any(e["event"] == "journal_wait" for e in events), "the writes did not overlap"
         assert _tree(vis)["table.f4_TSM1"] == expected
         assert _journals(vis) == []
+
+
+def test_a_snapshot_of_a_subtable_named_through_a_symlink_copies_its_files(
+    tmp_path: Path,
+) -> None:
+    """A repair's backup names subtables unresolved: a symlinked one is still copied whole."""
+    from casaguard.journal.snapshot import take_snapshot
+
+    ms = tmp_path / "x.ms"
+    (ms / "OTHER").mkdir(parents=True)
+    (ms / "table.dat").write_bytes(b"main")
+    (ms / "OTHER" / "table.dat").write_bytes(b"sub")
+    (ms / "LINKSUB").symlink_to("OTHER")
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    manifest = take_snapshot(
+        journal, str(ms), task="repair", files=["table.dat"], subtables=["LINKSUB"], growth_bytes=0
+    )
+    assert manifest["saved"] == ["table.dat", "LINKSUB/table.dat"]
+    assert manifest["subtable_entries"] == {"LINKSUB": ["LINKSUB/table.dat"]}
+    assert (journal / "files" / "LINKSUB" / "table.dat").read_bytes() == b"sub"

@@ -63,7 +63,9 @@ def take_snapshot(
     present = [name for name in subtables if (root / name).is_dir()]
     # One walk of the MS gives the files to copy, the entries and the stat tree.
     tree = _walk(vis)
-    under = {name: [e for e in tree if e.rel.startswith(name + os.sep)] for name in present}
+    # Each subtable from its own top, which may be a symlink (a repair's backup names
+    # subtables unresolved): the walk of the MS does not enter symlinked directories.
+    under = {name: _walk(vis, name) for name in present}
     saved = [name for name in files if (root / name).is_file() and name != LOCK_FILE]
     for name in present:
         saved += [
@@ -144,9 +146,10 @@ def _walk(root: str, prefix: str = "") -> list[_Entry]:
         listed = list(entries)
     for entry in listed:
         rel = os.path.join(prefix, entry.name) if prefix else entry.name
-        is_file = entry.is_file()
+        stat = _stat(entry.path) if entry.is_file() else None
         is_symlink = entry.is_symlink()
-        found.append(_Entry(rel, is_file, is_symlink, _stat(entry.path) if is_file else None))
+        # A file gone since the listing is no file (as Path.is_file would say).
+        found.append(_Entry(rel, stat is not None, is_symlink, stat))
         if entry.is_dir() and not is_symlink:
             found += _walk(root, rel)
     return found
