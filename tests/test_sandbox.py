@@ -113,7 +113,7 @@ def test_closures_travel_by_value(no_leaks: None) -> None:
     assert casaguard.call(add, 1, casa=False) == 42
 
 
-def test_a_scripts_own_function_class_and_instance_reach_the_child_by_value(
+def test_a_scripts_own_function_class_instance_and_exec_function_reach_the_child_by_value(
     tmp_path: Path,
 ) -> None:
     """What a caller's ``__main__`` defines travels by value: the child never imports the script.
@@ -134,8 +134,13 @@ def test_a_scripts_own_function_class_and_instance_reach_the_child_by_value(
             def open_box(box, extra):
                 return box.value + extra.value, type(box).__name__
 
+            made = {}
+            exec("def bump(x):\\n    return x + 1\\n", made)
+            bump = made["bump"]  # __module__ None; pickle would find it here by name
+
             for mode in ("spawn", "template"):
                 print(mode, casaguard.call(open_box, Box(40), extra=Box(2), casa=False, mode=mode))
+                print(mode, casaguard.call(bump, 41, casa=False, mode=mode))
             """
         )
     )
@@ -143,7 +148,12 @@ def test_a_scripts_own_function_class_and_instance_reach_the_child_by_value(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["spawn (42, 'Box')", "template (42, 'Box')"]
+    assert result.stdout.splitlines() == [
+        "spawn (42, 'Box')",
+        "spawn 42",
+        "template (42, 'Box')",
+        "template 42",
+    ]
 
 
 def test_events_carry_fields() -> None:

@@ -235,7 +235,8 @@ class _ByReference(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         owner = obj if isinstance(obj, type) or callable(obj) else type(obj)
-        if getattr(owner, "__module__", None) == "__main__":
+        # None: made by exec() without a __name__; pickle would guess __main__ for it.
+        if getattr(owner, "__module__", None) in ("__main__", None):
             raise pickle.PicklingError("defined in __main__: dill sends it by value")
         return NotImplemented
 
