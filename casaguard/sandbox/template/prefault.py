@@ -98,11 +98,19 @@ def learn(run: Callable[[], None], close: tuple[int, ...]) -> int:
     """
     template = os.getpid()
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return 0
     if pid == 0:  # pragma: no cover - the fork leaves through os._exit
         try:
             from casaguard.sandbox import child
 
+            # The template's SIGCHLD wake-up goes to one of the fds closed below.
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(read_end)
             for fd in close:
                 os.close(fd)
