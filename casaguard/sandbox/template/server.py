@@ -157,20 +157,18 @@ class _Server:
             self.discarded.add(spare.pid)
             spare.close()
         started = time.monotonic()
-        frozen = False
         try:
             with warm.scratch_ms() as (vis, point):
                 warm.run_tasks(vis, point)
                 gc.collect()
                 gc.freeze()
-                frozen = True
                 # In the state every spare starts from: which pages its first task writes.
                 prefault.learn(lambda: warm.run_tasks(vis, point), self.fds_to_close())
         except Exception as error:  # noqa: BLE001 - forks still work, only slower
             print(f"casaguard template: warm-up failed: {error!r}", file=sys.stderr)
-        if not frozen:
-            gc.collect()
-            gc.freeze()
+        # Whether or not the warm-up got that far: spares fork from a frozen heap.
+        gc.collect()
+        gc.freeze()
         self.replace_spare()
         _send_line(
             self.sock,
