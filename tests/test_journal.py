@@ -470,6 +470,7 @@ def test_success_drops_the_journal(ms: Path, complist: Path, no_leaks: None) -> 
     dropped = next(e for e in events if e["event"] == "journal_dropped")
     assert dropped["files"] == len(expected)
     assert dropped["bytes"] == expected_bytes
+    assert sum(dropped["copied_by"].values()) == len(expected) + len(lock_files)
 
 
 def test_the_journal_reuses_the_table_structure_until_table_dat_changes(
@@ -814,3 +815,30 @@ def test_a_snapshot_of_a_subtable_named_through_a_symlink_copies_its_files(
     assert manifest["saved"] == ["table.dat", "LINKSUB/table.dat"]
     assert manifest["subtable_entries"] == {"LINKSUB": ["LINKSUB/table.dat"]}
     assert (journal / "files" / "LINKSUB" / "table.dat").read_bytes() == b"sub"
+
+
+@pytest.mark.parametrize("size", [100, 3 * 1024 * 1024 + 7], ids=["small", "large"])
+def test_a_journal_copy_keeps_content_mode_times_and_xattrs(tmp_path: Path, size: int) -> None:
+    """What the restore renames back into the MS is the file as it was: same bytes, mode,
+    mtime and extended attributes (as shutil.copystat kept them), whichever way it was copied;
+    a large file by reflink or copy_file_range into pre-allocated blocks, a small one by read."""
+    from casaguard.journal.snapshot import copy_file
+
+    source, target = tmp_path / "table.f4_TSM1", tmp_path / "copy"
+    data = os.urandom(size)
+    source.write_bytes(data)
+    source.chmod(0o640)
+    os.utime(source, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
+    try:
+        os.setxattr(source, "user.casaguard-test", b"kept")
+    except OSError:
+        pytest.skip("this file system has no user xattrs")
+    how = copy_file(source, target)
+    assert (how == "read") if size < 64 * 1024 else (how in {"reflink", "copy_file_range"})
+    assert target.read_bytes() == data
+    assert target.stat().st_size == size
+    assert oct(target.stat().st_mode & 0o7777) == oct(0o640)
+    assert target.stat().st_mtime_ns == 1_500_000_000_987_654_321
+    assert os.getxattr(target, "user.casaguard-test") == b"kept"
+    with pytest.raises(FileExistsError):
+        copy_file(source, target)

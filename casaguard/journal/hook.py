@@ -117,7 +117,8 @@ so a child that dies without a manifest never wrote to the MS.
 Cost: one copy of the written columns' files (e.g. MODEL_DATA: 8 bytes per
 visibility) plus HISTORY and SOURCE. Beside the MS the journal shares its file
 system, so the copy uses reflinks where the file system has them
-(``FICLONE``) or an in-kernel ``copy_file_range``, a restore is a rename,
+(``FICLONE``) or an in-kernel ``copy_file_range`` into blocks allocated up
+front (small files: one read and write), a restore is a rename,
 and a discard an unlink. ``bench/bench_journal.py`` measures the ratio to an
 unjournaled call. No ``fsync``: the journal guards against a process dying,
 not against the machine losing power.
@@ -310,6 +311,7 @@ class MsJournal:
             bytes=manifest.get("bytes"),
             files=len(manifest.get("saved", ())),
             copy_s=manifest.get("copy_s"),
+            copied_by=manifest.get("copied_by"),
             plan_s=manifest.get("plan_s"),
             structure_reused=manifest.get("structure_reused"),
             drop_s=round(time.monotonic() - started, 4),

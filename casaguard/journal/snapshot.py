@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
+import stat
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +86,13 @@ def take_snapshot(
     started = time.monotonic()
     try:
         made: set[Path] = set()
+        copied_by: Counter[str] = Counter()
         for rel in copied:
             target = journal / FILES / rel
             if target.parent not in made:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
-            copy_file(root / rel, target)
+            copied_by[copy_file(root / rel, target)] += 1
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -117,6 +122,7 @@ def take_snapshot(
         "stat": {e.rel: e.stat for e in tree if e.is_file},
         "bytes": snapshot_bytes,
         "copy_s": round(time.monotonic() - started, 4),
+        "copied_by": dict(copied_by),
         **(extra or {}),
     }
     tmp = journal / (MANIFEST + ".tmp")
@@ -155,21 +161,68 @@ def _walk(root: str, prefix: str = "") -> list[_Entry]:
     return found
 
 
-def copy_file(source: Path, target: Path) -> None:
-    """Copy one file at the lowest cost the file system offers, keeping mode and times.
+#: Below this a file is read and written in one go: for the many small files of a
+#: subtable a reflink attempt, ``copy_file_range`` and ``shutil.copystat`` cost twice
+#: the copy itself (46 vs 89 us per file, measured).
+_SMALL_FILE_BYTES = 64 * 1024
+
+
+#: ``fallocate``'s "allocate, but keep the file's size" flag (linux/falloc.h).
+_FALLOC_FL_KEEP_SIZE = 0x01
+
+
+def copy_file(source: Path, target: Path) -> str:
+    """Copy one file at the lowest cost the file system offers, keeping mode, times, xattrs.
 
     A reflink (``FICLONE``: btrfs, XFS) shares the blocks until one side is
-    written; else ``copy_file_range`` copies inside the kernel.
+    written; else the target's blocks are allocated in one go and
+    ``copy_file_range`` copies inside the kernel (a 25.7 MB MODEL_DATA file on
+    ext4: 9.3 ms without the allocation, 7.6 ms with it). ``target`` must not exist.
+
+    Returns:
+        How the data was copied: ``reflink``, ``copy_file_range`` or ``read``.
     """
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(src)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        dst = os.open(target, flags, 0o600)
         try:
-            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
-        except OSError:
-            _copy_range(src.fileno(), dst.fileno(), os.fstat(src.fileno()).st_size)
-    shutil.copystat(source, target)
+            how = _copy_data(src, dst, st.st_size)
+            _copy_xattrs(src, dst)
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.fchmod(dst, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return how
 
 
-def _copy_range(src: int, dst: int, size: int) -> None:
+def _copy_data(src: int, dst: int, size: int) -> str:
+    if size < _SMALL_FILE_BYTES:
+        _copy_by_read(src, dst)
+        return "read"
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return "reflink"
+    except OSError:
+        pass
+    # Not os.posix_fallocate: where the file system cannot allocate, glibc emulates
+    # it by writing zeros, which would double the copy. A failure is left to the copy.
+    _libc().fallocate(dst, _FALLOC_FL_KEEP_SIZE, 0, size)
+    return _copy_range(src, dst, size)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    libc.fallocate.restype = ctypes.c_int
+    return libc
+
+
+def _copy_range(src: int, dst: int, size: int) -> str:
     copied = 0
     try:
         while copied < size:
@@ -177,14 +230,41 @@ def _copy_range(src: int, dst: int, size: int) -> None:
             if step == 0:
                 break
             copied += step
-        return
+        return "copy_file_range"
     except OSError as error:
         if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
             raise
     os.lseek(src, copied, os.SEEK_SET)
     os.lseek(dst, copied, os.SEEK_SET)
+    _copy_by_read(src, dst)
+    return "read"
+
+
+def _copy_by_read(src: int, dst: int) -> None:
     while chunk := os.read(src, 1 << 20):
-        os.write(dst, chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+
+
+#: What ``shutil.copystat`` shrugs off when it cannot copy an extended attribute.
+_XATTR_SKIPPED = (errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EINVAL, errno.EACCES)
+
+
+def _copy_xattrs(src: int, dst: int) -> None:
+    """Extended attributes as ``shutil.copystat`` copies them: what cannot be set is skipped."""
+    try:
+        names = os.listxattr(src)
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
+            return
+        raise
+    for name in names:
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name))
+        except OSError as error:
+            if error.errno not in _XATTR_SKIPPED:
+                raise
 
 
 def _check_space(task: str, vis: str, journal: Path, snapshot_bytes: int, growth: int) -> None:
