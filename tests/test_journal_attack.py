@@ -299,3 +299,58 @@ def test_attacker_cache_dir_cannot_deny_guarded_writes(
     assert not (node.shared / ".cache" / "casaguard").exists(), "the attacker's directory was used"
     assert not list(node.shared.glob(".obs.ms.casaguard-journal-*")), "journal left behind"
     assert_casa_can_use(vis, complist)
+
+
+@pytest.mark.parametrize(
+    ("pack", "fields", "why"),
+    [
+        ("symlink", [0, 10, 0o644, 0, 0], "cannot open the pack"),
+        ("pack", [0, 10, 0o644, 0, 0], "names 'HISTORY/table.dat' wrongly"),
+        ("pack", [4096, 10, 0o644, 0, 0], "names 'table.dat' wrongly"),
+        ("pack", ["0", 10, 0o644, 0, 0], "names 'table.dat' wrongly"),
+    ],
+    ids=["pack-is-a-symlink", "file-not-saved", "bytes-beyond-the-pack", "malformed-fields"],
+)
+def test_a_wrong_packed_index_is_refused(
+    node: Node, ms: Path, complist: Path, pack: str, fields: list[object], why: str
+) -> None:
+    """A manifest whose small-files pack is a symlink (here to ~/.bashrc, which would land in
+    the MS's table.dat), or whose index names a file the manifest does not save, bytes the
+    pack does not hold or fields that are no numbers, is refused in one line, exit 1; the
+    journal is kept, the MS is byte for byte as it was and CASA can use it."""
+    vis = node.home / "obs.ms"
+    shutil.copytree(ms, vis)
+    before = _contents(vis)
+    entries = sorted(p.name for p in vis.iterdir())
+    rel = "HISTORY/table.dat" if why.startswith("names 'HISTORY") else "table.dat"
+    path = _own_journal(
+        vis,
+        {
+            "vis": str(vis),
+            "saved": ["table.dat"],
+            "packed": {rel: fields},
+            "main_entries": entries,
+            "stat": {},
+            "subtables": {},
+        },
+    )
+    if pack == "symlink":
+        (path / journal_layout.PACK).symlink_to(node.bashrc)
+    else:
+        (path / journal_layout.PACK).write_bytes(b"0123456789")
+    result = _cli(["restore-journal", str(vis)], node.home, node.shared)
+    assert result.returncode == 1, result.stderr
+    assert why in _one_error_line(result)
+    assert path.is_dir(), "a refused journal is kept"
+    assert _contents(vis) == before
+    _assert_untouched(node)
+    assert_casa_can_use(vis, complist)
+
+
+def _contents(vis: Path) -> dict[Path, bytes]:
+    """Every file of the MS but casaguard's own writer lock (restore-journal takes it)."""
+    return {
+        p: p.read_bytes()
+        for p in sorted(vis.rglob("*"))
+        if p.is_file() and p.name != journal_layout.WRITER_LOCK_FILE
+    }
