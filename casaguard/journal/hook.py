@@ -68,13 +68,11 @@ Who does what (the parent never imports casacore)::
                                                 tb.getdminfo(): column -> files
                                                 free space?  no -> InvalidInput
                                                 copy files + table.lock of each table
-                                                  (small ones into one pack file)
                                                 manifest.json (atomic, 0600)
                                                 the task itself
     crash/kill/timeout/Ctrl-C: restore()       ... dies anywhere
       under casacore's lock (byte 0) of every touched table:
-      unpack the small files, put files back (table.dat last), sync data back,
-      delete what the task created
+      put files back (table.dat last), sync data back, delete what the task created
       any failure -> journal kept, temp files removed, JournalError with the command
     always: discard() removes the journal (kept if a restore failed), drops the lock
 

@@ -20,18 +20,6 @@ MANIFEST = "manifest.json"
 FILES = "files"
 
 
-#: The one file holding every small file of a snapshot (its index: the manifest's "packed").
-PACK = "small-files.pack"
-
-
-#: What the manifest's "packed" says of each packed file, in this order.
-PACKED_FIELDS = ("offset", "size", "mode", "atime_ns", "mtime_ns")
-
-
-#: Written once a restore has put the packed files back under FILES (a resumed one skips it).
-UNPACKED = "unpacked"
-
-
 HEARTBEAT = "heartbeat"
 
 

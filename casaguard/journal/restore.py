@@ -25,11 +25,8 @@ from casaguard.journal.layout import (
     LOCK_FILE,
     LOCK_REQUEST_BYTES,
     MANIFEST,
-    PACK,
-    PACKED_FIELDS,
     RESTORE_FAILED_MESSAGE,
     RESTORE_LOCK_WAIT_S,
-    UNPACKED,
     _stat,
 )
 from casaguard.ms import lock_files
@@ -80,66 +77,6 @@ def _validated(root: Path, journal: Path, manifest: dict[str, Any]) -> None:
             _inside(root, rel, what="subtable entry")
 
 
-def _unpack(journal: Path, manifest: dict[str, Any]) -> None:
-    """Put every packed file back under the journal's FILES, as if it had been copied alone.
-
-    The rest of the restore then treats all copies alike. Each is written to a
-    temp name and renamed; ``UNPACKED`` marks the end, so a restore resumed
-    after a put-back moved some copies into the MS does not recreate them.
-
-    Raises:
-        JournalError: the index names a file the manifest does not save, or bytes
-            the pack does not hold; the pack is not a plain file.
-    """
-    packed = manifest.get("packed") or {}
-    if not packed or (journal / UNPACKED).exists():
-        return
-    if not isinstance(packed, dict):
-        raise JournalError(f"the manifest of {journal} has a malformed packed index")
-    known = {*manifest["saved"], *manifest.get("locks", {})}
-    try:
-        fd = os.open(journal / PACK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as error:
-        raise JournalError(f"cannot open the pack of {journal}: {error}") from None
-    try:
-        pack_size = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise JournalError(f"the pack of {journal} is not a plain file")
-        for rel, fields in packed.items():
-            offset, size, mode, atime_ns, mtime_ns = _packed_fields(journal, rel, fields)
-            if rel not in known or offset + size > pack_size:
-                raise JournalError(f"the packed index of {journal} names {rel!r} wrongly")
-            target = _inside(journal / FILES, rel, what="journal copy")
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            data = os.pread(fd, size, offset)
-            tmp = target.with_name(target.name + _RESTORE_SUFFIX)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            out = os.open(tmp, flags, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out, view) :]
-                os.fchmod(out, mode & 0o7777)
-                os.utime(out, ns=(atime_ns, mtime_ns))
-            finally:
-                os.close(out)
-            os.replace(tmp, target)
-    finally:
-        os.close(fd)
-    (journal / UNPACKED).touch(mode=0o600)
-
-
-def _packed_fields(journal: Path, rel: Any, fields: Any) -> tuple[int, int, int, int, int]:
-    if (
-        not isinstance(fields, list)
-        or len(fields) != len(PACKED_FIELDS)
-        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in fields)
-    ):
-        raise JournalError(f"the packed index of {journal} names {rel!r} wrongly")
-    offset, size, mode, atime_ns, mtime_ns = fields
-    return offset, size, mode, atime_ns, mtime_ns
-
-
 def restore(journal: str | os.PathLike[str], *, vis: str) -> list[str]:
     """Restore ``vis`` from ``journal`` (the writer must be dead, the writer lock held).
 
@@ -176,7 +113,6 @@ def _restore(journal: Path, root: Path) -> list[str]:
     if os.path.realpath(str(manifest.get("vis"))) != os.path.realpath(root):
         raise JournalError(f"its manifest names {manifest.get('vis')!r}, not {root}")
     _validated(root, journal, manifest)
-    _unpack(journal, manifest)
     saved: list[str] = manifest["saved"]
     recorded: dict[str, Any] = manifest.get("stat", {})
     changed = [rel for rel in saved if _stat(root / rel) != recorded.get(rel)]

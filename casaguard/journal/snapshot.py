@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
@@ -25,7 +24,6 @@ from casaguard.journal.layout import (
     LOCK_FILE,
     MANIFEST,
     NO_SPACE_MESSAGE,
-    PACK,
     SPACE_MARGIN_BYTES,
     _stat,
 )
@@ -87,13 +85,18 @@ def take_snapshot(
     _check_space(task, vis, journal, snapshot_bytes, growth_bytes)
     started = time.monotonic()
     try:
-        packed, copied_by = _copy_files(root, journal, copied)
+        made: set[Path] = set()
+        copied_by: Counter[str] = Counter()
+        for rel in copied:
+            target = journal / FILES / rel
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
+            copied_by[copy_file(root / rel, target)] += 1
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         shutil.rmtree(journal / FILES, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(journal / PACK)
         stats = os.statvfs(journal)
         raise InvalidInput(
             NO_SPACE_MESSAGE.format(
@@ -105,14 +108,13 @@ def take_snapshot(
             )
         ) from None
     manifest = {
-        "version": 3,
+        "version": 2,
         "vis": vis,
         "task": task,
         "pid": os.getpid(),
         "parent_pid": os.getppid(),
         "taken_ns": taken_ns,
         "saved": saved,
-        "packed": packed,
         "locks": locks,
         "subtables": {name: name in present for name in subtables},
         "main_entries": sorted(os.listdir(root)),
@@ -129,62 +131,6 @@ def take_snapshot(
         out.write(json.dumps(manifest))
     os.replace(tmp, journal / MANIFEST)
     return manifest
-
-
-def _copy_files(
-    root: Path, journal: Path, rels: Sequence[str]
-) -> tuple[dict[str, list[int]], Counter[str]]:
-    """Copy ``rels`` of ``root`` into ``journal``: small files into its pack, the rest one by one.
-
-    One file holds every small file (``layout.PACK``; where each lies, its mode and
-    times in the returned index, as ``layout.PACKED_FIELDS`` names them): creating a
-    file is the dear part of copying a small one, 0.1-0.7 ms each in a fork right
-    after the MS was written (a fresh 168-row MS's ft: 14 files took 9.6 ms, packed
-    1.0 ms). A small file with extended attributes is copied on its own, as is
-    every file of ``_SMALL_FILE_BYTES`` or more (reflink, or renamed back by a restore).
-
-    Returns:
-        The pack's index (relative path -> fields) and how many files went each way.
-    """
-    packed: dict[str, list[int]] = {}
-    copied_by: Counter[str] = Counter()
-    alone: list[str] = []
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    pack = os.open(journal / PACK, flags, 0o600)
-    try:
-        offset = 0
-        for rel in rels:
-            src = os.open(root / rel, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                st = os.fstat(src)
-                if st.st_size >= _SMALL_FILE_BYTES or _has_xattrs(src):
-                    alone.append(rel)
-                    continue
-                size = _copy_by_read(src, pack)
-            finally:
-                os.close(src)
-            packed[rel] = [offset, size, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns]
-            offset += size
-            copied_by["packed"] += 1
-    finally:
-        os.close(pack)
-    made: set[Path] = set()
-    for rel in alone:
-        target = journal / FILES / rel
-        if target.parent not in made:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            made.add(target.parent)
-        copied_by[copy_file(root / rel, target)] += 1
-    return packed, copied_by
-
-
-def _has_xattrs(fd: int) -> bool:
-    try:
-        return bool(os.listxattr(fd))
-    except OSError as error:
-        if error.errno in _XATTR_SKIPPED:
-            return False
-        raise
 
 
 @dataclass(frozen=True)
@@ -294,15 +240,11 @@ def _copy_range(src: int, dst: int, size: int) -> str:
     return "read"
 
 
-def _copy_by_read(src: int, dst: int) -> int:
-    """Copy the rest of ``src`` to ``dst`` at their offsets; how many bytes."""
-    copied = 0
+def _copy_by_read(src: int, dst: int) -> None:
     while chunk := os.read(src, 1 << 20):
-        copied += len(chunk)
         view = memoryview(chunk)
         while view:
             view = view[os.write(dst, view) :]
-    return copied
 
 
 #: What ``shutil.copystat`` shrugs off when it cannot copy an extended attribute.
@@ -314,7 +256,7 @@ def _copy_xattrs(src: int, dst: int) -> None:
     try:
         names = os.listxattr(src)
     except OSError as error:
-        if error.errno in _XATTR_SKIPPED:
+        if error.errno in (errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
             return
         raise
     for name in names:

@@ -11,9 +11,9 @@ an orphan journal then runs ``casaguard.journal.recovery.recover(..., writer_loc
 
 Backups. Before a repair changes an MS it copies every file it will rewrite or
 delete into a backup directory beside the MS, written by the journal itself
-(``casaguard.journal.snapshot.take_snapshot``: ``manifest.json``, ``files/<relative path>``
-and the small-files pack, plus the ``table.lock`` of each table copied, whose sync data a
-restore puts back; casacore refuses a put-back ``table.dat`` whose lock file says otherwise:
+(``casaguard.journal.snapshot.take_snapshot``: ``manifest.json`` + ``files/<relative path>``, plus
+the ``table.lock`` of each table copied, whose sync data a restore puts back;
+casacore refuses a put-back ``table.dat`` whose lock file says otherwise:
 ``Table::lock cannot sync table ...; another process changed the number of
 columns``). A subtable with a file to back up is copied whole (the journal's
 unit for subtables). ``casaguard restore-journal <backup>`` undoes the repair
