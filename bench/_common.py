@@ -30,7 +30,10 @@ from casaguard.sandbox.template import flavors
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MS_DIR = HERE / "ms"
+#: Where the benchmarks build their MSs (and so where the journal copies them):
+#: ``$CASAGUARD_BENCH_MS_DIR`` puts them on another file system, e.g. one with
+#: reflinks (XFS, btrfs), where a journal copy shares blocks instead of copying.
+MS_DIR = Path(os.environ.get("CASAGUARD_BENCH_MS_DIR") or HERE / "ms")
 
 #: name -> simulate_ms arguments; rows = n(n-1)/2 baselines x n_times (one spw).
 SIZES: dict[str, dict[str, Any]] = {
@@ -195,7 +198,24 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "casaguard_mode": os.environ.get("CASAGUARD_MODE", "auto"),
+        "ms_dir": str(MS_DIR),
+        "ms_filesystem": filesystem_type(MS_DIR),
     }
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system ``path`` lies on (``ext4``, ``xfs``...), from /proc/mounts."""
+    path.mkdir(parents=True, exist_ok=True)
+    target = os.path.realpath(path)
+    best, kind = "", "unknown"
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            mount_point = fields[1].replace("\\040", " ")
+            inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) >= len(best):
+                best, kind = mount_point, fields[2]
+    return kind
 
 
 def rss_loop(path: Path, point: Path, calls: int, *, journal: bool = False) -> dict[str, Any]:

@@ -373,6 +373,11 @@ def main() -> int:
     parser.add_argument("--many", type=int, help="MSs for the map_task figure (40; 0: skip)")
     parser.add_argument("--calls", type=int, help="guarded calls in the RSS loop (1000; quick 100)")
     parser.add_argument("--keep", action="store_true", help="keep the big MSs under bench/ms")
+    parser.add_argument(
+        "--tag",
+        help="suffix for the result files (e.g. xfs with $CASAGUARD_BENCH_MS_DIR on XFS), "
+        "so a run under other conditions does not overwrite the default one",
+    )
     args = parser.parse_args()
     names = args.sizes or (["1k"] if args.quick else list(_common.SIZES))
     runs = args.runs or (7 if args.quick else 21)
@@ -427,6 +432,8 @@ def main() -> int:
         _common.remove_built(names)
     _common.RESULTS.mkdir(exist_ok=True)
     stem = "interleaved-quick" if args.quick else "interleaved"
+    if args.tag:
+        stem += f"-{args.tag}"
     out = _common.RESULTS / f"{stem}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, _common.RESULTS / f"{stem}.png")
@@ -434,7 +441,8 @@ def main() -> int:
     load = results["machine"]
     print(
         f"\nload average {load['loadavg_at_start'][0]:.1f} -> {load['loadavg_at_end'][0]:.1f} "
-        f"on {load['cpus']} CPUs; wrote {out} and {stem}.png"
+        f"on {load['cpus']} CPUs; MSs on {load['ms_filesystem']} ({load['ms_dir']}); "
+        f"wrote {out} and {stem}.png"
     )
     return 0
 
