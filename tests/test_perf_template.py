@@ -267,8 +267,20 @@ def test_an_idle_spare_copies_the_pages_a_forks_first_task_writes(
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize(
+    "kernel_help",
+    [
+        pytest.param("", id="procmap-query-and-madvise"),
+        # An ioctl number and an madvise advice the kernel does not know: the
+        # kernel's own ENOTTY / EINVAL, as on a kernel before 6.11 / 5.14.
+        pytest.param(
+            "prefault._PROCMAP_QUERY = 0xC0686699; prefault._MADV_POPULATE_WRITE = 999",
+            id="maps-read-whole-and-byte-writes",
+        ),
+    ],
+)
 def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
-    tmp_path: Path,
+    tmp_path: Path, kernel_help: str
 ) -> None:
     """Read-only, unmapped and shared pages among the learned ones are skipped; values stay."""
     shared_file = tmp_path / "shared"
@@ -277,6 +289,7 @@ def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
         f"""
         import ctypes, mmap, os
         from casaguard.sandbox.template import prefault
+        {kernel_help}
         libc = ctypes.CDLL(None, use_errno=True)
         page = os.sysconf("SC_PAGE_SIZE")
         def address(m):
@@ -295,6 +308,9 @@ def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
         prefault._learned.extend([address(private), read_only_at, gone_at, shared_at])
         read_end, _ = os.pipe()
         print("TOUCHED", prefault.touch_ahead(read_end))
+        maps_fd = os.open("/proc/self/maps", os.O_RDONLY)
+        finder = prefault._mapping_finder(libc, maps_fd).__name__
+        print("PATHS", finder, prefault._populate_works(libc))
         print("SAME", private[:] == bytes(range(256)) * (page // 256))
         """
     )
@@ -304,4 +320,6 @@ def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
     )
     assert result.returncode == 0, result.stderr
     assert "TOUCHED 1" in result.stdout and "SAME True" in result.stdout, result.stdout
+    paths = "PATHS look_up False" if kernel_help else "PATHS ask True"
+    assert paths in result.stdout, result.stdout
     assert shared_file.stat().st_mtime_ns == before

@@ -5,14 +5,22 @@ still shares with the template costs a copy-on-write fault (~3 µs) at the
 moment of the write: measured on a 1k-row MS, a warm fork's ``ft`` takes
 ~1,450 of them (~3-4 ms of the call) where an in-process ``ft`` takes ~15.
 The template learns which pages those are once, in a throwaway fork that runs
-the warm-up's tasks (``learn``), and every spare writes each of them back
-with its own value while it is idle, before a job arrives (``touch_ahead``):
-the copies are made then, off the caller's time.
+the warm-up's tasks (``learn``), and every spare makes its own copy of each
+of them while it is idle, before a job arrives (``touch_ahead``): the copies
+are made then, off the caller's time.
 
-Writing a byte back with its own value changes nothing a program can see,
-provided nothing else writes the page at the same moment (a spare has one
-thread) and the page is private and writable, which ``_writable_ranges``
-checks in the spare itself, against its own memory map, before any write.
+A page is touched only inside a private, writable mapping that is anonymous
+or a loaded object's data, checked in the spare itself against its own
+memory map. How, the cheapest way the kernel offers:
+
+* which mapping a page lies in: ``PROCMAP_QUERY`` (Linux 6.11) asks for the
+  one mapping around an address; else ``/proc/self/maps`` is read whole.
+  Reading it cost each spare ~4 ms of CPU (the kernel formats a path for
+  each of the template's ~3,000 mappings); a spare needs a few dozen.
+* the copy: ``MADV_POPULATE_WRITE`` (Linux 5.14) breaks copy-on-write for a
+  run of pages in one call and writes no data; else one byte of each page
+  is written back with its own value, which changes nothing a program can
+  see (nothing else writes the page meanwhile: a spare has one thread).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -37,8 +45,38 @@ LEARN_TIMEOUT_S = 60.0
 #: Pages touched between two looks at the job pipe: a job never waits for more.
 _BATCH = 128
 
-#: The learned page addresses (set in the template, inherited by every spare).
+#: The learned page addresses, sorted (set in the template, inherited by every spare).
 _learned = array.array("Q")
+#: Files mapped executable in the template when it learned: a private writable
+#: mapping of one of them is that object's data (inherited by every spare).
+_objects: set[str] = set()
+
+_MADV_POPULATE_WRITE = 23  # <linux/mman.h>, Linux 5.14
+#: _IOWR('f', 17, struct procmap_query), <linux/fs.h>, Linux 6.11
+_PROCMAP_QUERY = 0xC0686611
+_VMA_READABLE, _VMA_WRITABLE, _VMA_SHARED = 0x01, 0x02, 0x08
+
+
+class _ProcmapQuery(ctypes.Structure):
+    """``struct procmap_query`` (<linux/fs.h>): the mapping around ``query_addr``."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint64),
+        ("query_flags", ctypes.c_uint64),
+        ("query_addr", ctypes.c_uint64),
+        ("vma_start", ctypes.c_uint64),
+        ("vma_end", ctypes.c_uint64),
+        ("vma_flags", ctypes.c_uint64),
+        ("vma_page_size", ctypes.c_uint64),
+        ("vma_offset", ctypes.c_uint64),
+        ("inode", ctypes.c_uint64),
+        ("dev_major", ctypes.c_uint32),
+        ("dev_minor", ctypes.c_uint32),
+        ("vma_name_size", ctypes.c_uint32),
+        ("build_id_size", ctypes.c_uint32),
+        ("vma_name_addr", ctypes.c_uint64),
+        ("build_id_addr", ctypes.c_uint64),
+    ]
 
 
 def learned_pages() -> int:
@@ -50,14 +88,21 @@ def forget() -> None:
     del _learned[:]
 
 
-def _writable_ranges() -> list[tuple[int, int]]:
-    """This process's private writable mappings that are anonymous or a loaded object's data.
+def _touchable(readable: bool, writable: bool, shared: bool, path: str, objects: set[str]) -> bool:
+    """A private writable mapping that is anonymous or a loaded object's data.
 
     A private mapping of any other file is left out: if that file shrank, a
     read past its end would raise SIGBUS.
     """
+    if not readable or not writable or shared:
+        return False
+    return path in ("", "[heap]") or path.startswith("[anon") or path in objects
+
+
+def _read_maps() -> tuple[list[tuple[int, int, str, str]], set[str]]:
+    """(low, high, perms, path) of every mapping, and the files mapped executable."""
     objects: set[str] = set()
-    candidates: list[tuple[int, int, str]] = []
+    mappings: list[tuple[int, int, str, str]] = []
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
@@ -65,13 +110,18 @@ def _writable_ranges() -> list[tuple[int, int]]:
             perms = fields[1]
             if perms[2] == "x" and path.startswith("/"):
                 objects.add(path)
-            if perms[0] == "r" and perms[1] == "w" and perms[3] == "p":
-                low, high = (int(x, 16) for x in fields[0].split("-"))
-                candidates.append((low, high, path))
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            mappings.append((low, high, perms, path))
+    return mappings, objects
+
+
+def _writable_ranges() -> list[tuple[int, int]]:
+    """This process's touchable mappings (see ``_touchable``), as (low, high)."""
+    mappings, objects = _read_maps()
     return [
         (low, high)
-        for low, high, path in candidates
-        if path in ("", "[heap]") or path.startswith("[anon") or path in objects
+        for low, high, perms, path in mappings
+        if _touchable(perms[0] == "r", perms[1] == "w", perms[3] == "s", path, objects)
     ]
 
 
@@ -97,6 +147,8 @@ def learn(run: Callable[[], None], close: tuple[int, ...]) -> int:
     or takes too long).
     """
     template = os.getpid()
+    _objects.clear()
+    _objects.update(_read_maps()[1])
     read_end, write_end = os.pipe()
     try:
         pid = os.fork()
@@ -157,25 +209,128 @@ def _learn_in_fork(run: Callable[[], None], write_end: int) -> NoReturn:
 def touch_ahead(job_pipe: int) -> int:
     """In an idle spare: make its own copy of every learned page, until a job arrives.
 
-    Each page gets one byte written back with its own value. Only pages inside
-    this process's private writable mappings are touched; it stops as soon as
-    ``job_pipe`` is readable, so a job waits for at most one batch. Returns
-    how many pages it touched.
+    Only pages inside touchable mappings (``_touchable``) are copied, in runs
+    of at most ``_BATCH`` pages; it stops as soon as ``job_pipe`` is readable,
+    so a job waits for at most one run. Returns how many pages it copied.
     """
     if not _learned:
         return 0
-    ranges = sorted(_writable_ranges())
-    lows = [low for low, _ in ranges]
+    libc = ctypes.CDLL(None, use_errno=True)
     poll = select.poll()
     poll.register(job_pipe, select.POLLIN)
+    copy = _populate if _populate_works(libc) else _write_back
     touched = 0
-    for address in _learned:
-        where = bisect.bisect_right(lows, address) - 1
-        if where < 0 or address >= ranges[where][1]:
-            continue
-        byte = ctypes.c_ubyte.from_address(address)
-        byte.value = byte.value
-        touched += 1
-        if touched % _BATCH == 0 and poll.poll(0):
-            break
+    # Closed before the job runs: the task must not inherit it.
+    maps_fd = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for start, pages in _runs(_mapping_finder(libc, maps_fd)):
+            touched += copy(libc, start, pages)
+            if poll.poll(0):
+                break
+    finally:
+        os.close(maps_fd)
     return touched
+
+
+#: (low, high, touchable) of the mapping around an address, or None where nothing is mapped.
+_Finder = Callable[[int], "tuple[int, int, bool] | None"]
+
+
+def _runs(find: _Finder) -> Iterator[tuple[int, int]]:
+    """(first address, pages) of each run of adjacent learned pages in one touchable mapping."""
+    low = high = 0
+    ok = False
+    start, pages = 0, 0
+    for address in _learned:
+        if not low <= address < high:
+            mapping = find(address)
+            if mapping is None:
+                low = high = 0
+                ok = False
+            else:
+                low, high, ok = mapping
+        if not ok:
+            continue
+        if pages and address == start + pages * _PAGE and pages < _BATCH:
+            pages += 1
+            continue
+        if pages:
+            yield start, pages
+        start, pages = address, 1
+    if pages:
+        yield start, pages
+
+
+def _mapping_finder(libc: ctypes.CDLL, maps_fd: int) -> _Finder:
+    """``PROCMAP_QUERY`` on ``maps_fd``, one mapping at a time; without it, maps read whole."""
+    name = ctypes.create_string_buffer(4096)
+    query = _ProcmapQuery()
+
+    def ask(address: int) -> tuple[int, int, bool] | None:
+        ctypes.memset(ctypes.addressof(query), 0, ctypes.sizeof(query))
+        query.size = ctypes.sizeof(query)
+        query.query_addr = address
+        query.vma_name_size = len(name)
+        query.vma_name_addr = ctypes.addressof(name)
+        if libc.ioctl(maps_fd, ctypes.c_ulong(_PROCMAP_QUERY), ctypes.byref(query)) != 0:
+            return None
+        flags = query.vma_flags
+        path = name.value.decode(errors="replace") if query.vma_name_size else ""
+        touchable = _touchable(
+            bool(flags & _VMA_READABLE),
+            bool(flags & _VMA_WRITABLE),
+            bool(flags & _VMA_SHARED),
+            path,
+            _objects,
+        )
+        return query.vma_start, query.vma_end, touchable
+
+    if ask(ctypes.addressof(query)) is not None:  # the query itself is certainly mapped
+        return ask
+    # No PROCMAP_QUERY (ENOTTY): this kernel predates 6.11.
+    ranges = sorted(_writable_ranges())
+    lows = [low for low, _ in ranges]
+
+    def look_up(address: int) -> tuple[int, int, bool] | None:
+        where = bisect.bisect_right(lows, address) - 1
+        if where >= 0 and address < ranges[where][1]:
+            return ranges[where][0], ranges[where][1], True
+        # Not touchable up to the next touchable range (or forever).
+        following = ranges[where + 1][0] if where + 1 < len(ranges) else 1 << 64
+        return address, following, False
+
+    return look_up
+
+
+def _populate_works(libc: ctypes.CDLL) -> bool:
+    """Whether ``MADV_POPULATE_WRITE`` is there: tried on a page of our own."""
+    page = ctypes.create_string_buffer(2 * _PAGE)  # holds one whole aligned page
+    aligned = -(-ctypes.addressof(page) // _PAGE) * _PAGE
+    return _madvise(libc, aligned, 1) == 0
+
+
+def _populate(libc: ctypes.CDLL, start: int, pages: int) -> int:
+    """Break copy-on-write for ``pages`` pages from ``start``; no data is written."""
+    if _madvise(libc, start, pages) == 0:
+        return pages
+    return 0  # e.g. EFAULT: part of it is past the end of its file (a SIGBUS it avoided)
+
+
+def _madvise(libc: ctypes.CDLL, start: int, pages: int) -> int:
+    # Every argument typed: an untyped Python int goes as a 32-bit int, and
+    # madvise's length is a size_t.
+    return int(
+        libc.madvise(
+            ctypes.c_void_p(start),
+            ctypes.c_size_t(pages * _PAGE),
+            ctypes.c_int(_MADV_POPULATE_WRITE),
+        )
+    )
+
+
+def _write_back(_: ctypes.CDLL, start: int, pages: int) -> int:
+    """Write one byte of each page back with its own value (kernels before 5.14)."""
+    for index in range(pages):
+        byte = ctypes.c_ubyte.from_address(start + index * _PAGE)
+        byte.value = byte.value
+    return pages
