@@ -309,8 +309,9 @@ def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
         read_end, _ = os.pipe()
         print("TOUCHED", prefault.touch_ahead(read_end))
         maps_fd = os.open("/proc/self/maps", os.O_RDONLY)
-        finder = prefault._mapping_finder(libc, maps_fd).__name__
-        print("PATHS", finder, prefault._populate_works(libc))
+        populate = prefault._populate_works(libc)
+        finder = prefault._mapping_finder(libc, maps_fd, query=populate).__name__
+        print("PATHS", finder, populate)
         print("SAME", private[:] == bytes(range(256)) * (page // 256))
         """
     )
@@ -320,6 +321,50 @@ def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
     )
     assert result.returncode == 0, result.stderr
     assert "TOUCHED 1" in result.stdout and "SAME True" in result.stdout, result.stdout
-    paths = "PATHS look_up False" if kernel_help else "PATHS ask True"
+    paths = "PATHS look_up False" if kernel_help else "PATHS ask_or_skip True"
     assert paths in result.stdout, result.stdout
     assert shared_file.stat().st_mtime_ns == before
+
+
+def test_runs_stay_inside_one_mapping_and_an_unmapped_stretch_costs_one_query() -> None:
+    """Learned pages are grouped per mapping; a gap of 200 unmapped pages is asked about once."""
+    import ctypes
+    import mmap
+
+    from casaguard.sandbox.template import prefault
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def address(m: mmap.mmap) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+    split = mmap.mmap(-1, 4 * page, flags=mmap.MAP_PRIVATE)
+    split_at = address(split)
+    gone = mmap.mmap(-1, 200 * page, flags=mmap.MAP_PRIVATE)
+    gone_at = address(gone)
+    gone.close()  # after ``split`` exists: its place cannot be taken by it
+    # Other permissions on its second half make the kernel split it in two mappings.
+    protection = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+    assert libc.mprotect(ctypes.c_void_p(split_at + 2 * page), 2 * page, protection) == 0
+    learned = sorted(
+        [gone_at + i * page for i in range(200)] + [split_at + i * page for i in range(4)]
+    )
+    maps_fd = os.open("/proc/self/maps", os.O_RDONLY)
+    saved = prefault._learned[:]
+    try:
+        find = prefault._mapping_finder(libc, maps_fd, query=True)
+        asked: list[int] = []
+
+        def counting(at: int) -> tuple[int, int, bool]:
+            asked.append(at)
+            return find(at)
+
+        prefault._learned[:] = prefault.array.array("Q", learned)
+        runs = list(prefault._runs(counting))
+    finally:
+        prefault._learned[:] = saved
+        os.close(maps_fd)
+        split.close()
+    assert runs == [(split_at, 2), (split_at + 2 * page, 2)]
+    assert sum(gone_at <= at < gone_at + 200 * page for at in asked) == 1, asked

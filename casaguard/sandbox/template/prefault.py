@@ -11,16 +11,20 @@ are made then, off the caller's time.
 
 A page is touched only inside a private, writable mapping that is anonymous
 or a loaded object's data, checked in the spare itself against its own
-memory map. How, the cheapest way the kernel offers:
+memory map. The cheapest way the kernel offers:
 
-* which mapping a page lies in: ``PROCMAP_QUERY`` (Linux 6.11) asks for the
-  one mapping around an address; else ``/proc/self/maps`` is read whole.
-  Reading it cost each spare ~4 ms of CPU (the kernel formats a path for
-  each of the template's ~3,000 mappings); a spare needs a few dozen.
-* the copy: ``MADV_POPULATE_WRITE`` (Linux 5.14) breaks copy-on-write for a
-  run of pages in one call and writes no data; else one byte of each page
-  is written back with its own value, which changes nothing a program can
-  see (nothing else writes the page meanwhile: a spare has one thread).
+* ``MADV_POPULATE_WRITE`` (Linux 5.14) breaks copy-on-write for a run of
+  pages in one call and writes no data (where a page lies past the end of
+  its file it fails with EFAULT instead of raising SIGBUS); and with it,
+  ``PROCMAP_QUERY`` (Linux 6.11) asks for only the mappings the learned
+  pages lie in. Reading ``/proc/self/maps`` whole cost each spare ~4 ms of
+  CPU (the kernel formats a path for each of the template's ~3,000
+  mappings); a spare needs a few dozen. Which files are loaded objects is
+  then what the template's map said when it learned (a library loaded or
+  replaced later is skipped: a page left to fault, nothing worse).
+* Without either: ``/proc/self/maps`` is read whole, and one byte of each
+  page is written back with its own value, which changes nothing a program
+  can see (nothing else writes the page meanwhile: a spare has one thread).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import array
 import bisect
 import contextlib
 import ctypes
+import errno
 import os
 import select
 import signal
@@ -55,6 +60,7 @@ _MADV_POPULATE_WRITE = 23  # <linux/mman.h>, Linux 5.14
 #: _IOWR('f', 17, struct procmap_query), <linux/fs.h>, Linux 6.11
 _PROCMAP_QUERY = 0xC0686611
 _VMA_READABLE, _VMA_WRITABLE, _VMA_SHARED = 0x01, 0x02, 0x08
+_QUERY_COVERING_OR_NEXT_VMA = 0x10
 
 
 class _ProcmapQuery(ctypes.Structure):
@@ -218,12 +224,13 @@ def touch_ahead(job_pipe: int) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     poll = select.poll()
     poll.register(job_pipe, select.POLLIN)
-    copy = _populate if _populate_works(libc) else _write_back
+    populate = _populate_works(libc)
+    copy = _populate if populate else _write_back
     touched = 0
     # Closed before the job runs: the task must not inherit it.
     maps_fd = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for start, pages in _runs(_mapping_finder(libc, maps_fd)):
+        for start, pages in _runs(_mapping_finder(libc, maps_fd, query=populate)):
             touched += copy(libc, start, pages)
             if poll.poll(0):
                 break
@@ -232,8 +239,8 @@ def touch_ahead(job_pipe: int) -> int:
     return touched
 
 
-#: (low, high, touchable) of the mapping around an address, or None where nothing is mapped.
-_Finder = Callable[[int], "tuple[int, int, bool] | None"]
+#: (low, high, touchable) of the mapping around an address, or of the unmapped gap there.
+_Finder = Callable[[int], tuple[int, int, bool]]
 
 
 def _runs(find: _Finder) -> Iterator[tuple[int, int]]:
@@ -243,12 +250,10 @@ def _runs(find: _Finder) -> Iterator[tuple[int, int]]:
     start, pages = 0, 0
     for address in _learned:
         if not low <= address < high:
-            mapping = find(address)
-            if mapping is None:
-                low = high = 0
-                ok = False
-            else:
-                low, high, ok = mapping
+            low, high, ok = find(address)
+            if pages:  # a run never crosses into another mapping
+                yield start, pages
+                pages = 0
         if not ok:
             continue
         if pages and address == start + pages * _PAGE and pages < _BATCH:
@@ -261,21 +266,27 @@ def _runs(find: _Finder) -> Iterator[tuple[int, int]]:
         yield start, pages
 
 
-def _mapping_finder(libc: ctypes.CDLL, maps_fd: int) -> _Finder:
-    """``PROCMAP_QUERY`` on ``maps_fd``, one mapping at a time; without it, maps read whole."""
+def _mapping_finder(libc: ctypes.CDLL, maps_fd: int, *, query: bool) -> _Finder:
+    """With ``query``: ``PROCMAP_QUERY`` on ``maps_fd``, one mapping at a time; else maps whole."""
     name = ctypes.create_string_buffer(4096)
-    query = _ProcmapQuery()
+    request = _ProcmapQuery()
 
     def ask(address: int) -> tuple[int, int, bool] | None:
-        ctypes.memset(ctypes.addressof(query), 0, ctypes.sizeof(query))
-        query.size = ctypes.sizeof(query)
-        query.query_addr = address
-        query.vma_name_size = len(name)
-        query.vma_name_addr = ctypes.addressof(name)
-        if libc.ioctl(maps_fd, ctypes.c_ulong(_PROCMAP_QUERY), ctypes.byref(query)) != 0:
+        """The mapping around ``address``, the unmapped gap up to the next one, or None (failed)."""
+        ctypes.memset(ctypes.addressof(request), 0, ctypes.sizeof(request))
+        request.size = ctypes.sizeof(request)
+        request.query_flags = _QUERY_COVERING_OR_NEXT_VMA
+        request.query_addr = address
+        request.vma_name_size = len(name)
+        request.vma_name_addr = ctypes.addressof(name)
+        if libc.ioctl(maps_fd, ctypes.c_ulong(_PROCMAP_QUERY), ctypes.byref(request)) != 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return address, 1 << 64, False  # nothing mapped from here on
             return None
-        flags = query.vma_flags
-        path = name.value.decode(errors="replace") if query.vma_name_size else ""
+        if request.vma_start > address:
+            return address, request.vma_start, False  # a gap: nothing mapped there
+        flags = request.vma_flags
+        path = name.value.decode(errors="replace") if request.vma_name_size else ""
         touchable = _touchable(
             bool(flags & _VMA_READABLE),
             bool(flags & _VMA_WRITABLE),
@@ -283,15 +294,19 @@ def _mapping_finder(libc: ctypes.CDLL, maps_fd: int) -> _Finder:
             path,
             _objects,
         )
-        return query.vma_start, query.vma_end, touchable
+        return request.vma_start, request.vma_end, touchable
 
-    if ask(ctypes.addressof(query)) is not None:  # the query itself is certainly mapped
-        return ask
-    # No PROCMAP_QUERY (ENOTTY): this kernel predates 6.11.
+    def ask_or_skip(address: int) -> tuple[int, int, bool]:
+        # A query that fails (e.g. a name longer than the buffer): that page is skipped.
+        return ask(address) or (address, address + _PAGE, False)
+
+    # The request itself is certainly mapped; ENOTTY: a kernel before 6.11.
+    if query and ask(ctypes.addressof(request)) is not None:
+        return ask_or_skip
     ranges = sorted(_writable_ranges())
     lows = [low for low, _ in ranges]
 
-    def look_up(address: int) -> tuple[int, int, bool] | None:
+    def look_up(address: int) -> tuple[int, int, bool]:
         where = bisect.bisect_right(lows, address) - 1
         if where >= 0 and address < ranges[where][1]:
             return ranges[where][0], ranges[where][1], True
@@ -313,7 +328,9 @@ def _populate(libc: ctypes.CDLL, start: int, pages: int) -> int:
     """Break copy-on-write for ``pages`` pages from ``start``; no data is written."""
     if _madvise(libc, start, pages) == 0:
         return pages
-    return 0  # e.g. EFAULT: part of it is past the end of its file (a SIGBUS it avoided)
+    # E.g. EFAULT: a page past the end of its file (a SIGBUS avoided). Page by
+    # page, so that the others are still copied and counted.
+    return sum(_madvise(libc, start + index * _PAGE, 1) == 0 for index in range(pages))
 
 
 def _madvise(libc: ctypes.CDLL, start: int, pages: int) -> int:
