@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -636,7 +637,26 @@ def test_signal_to_the_caller_mid_write_restores_and_cleans_up(
     assert_casa_can_use(ms, complist)
 
 
-def test_handlers_are_installed_only_during_a_call_from_the_main_thread() -> None:
+@pytest.fixture
+def default_stop_handlers() -> Iterator[None]:
+    """SIGTERM and SIGHUP at their defaults for the test, whatever the runner inherited.
+
+    A runner started under ``nohup`` (or from a shell job that ignores SIGHUP)
+    inherits SIGHUP ignored, and casaguard rightly leaves an ignored signal alone.
+    """
+    inherited = {signum: signal.getsignal(signum) for signum in signals.STOP_SIGNALS}
+    for signum in signals.STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for signum, handler in inherited.items():
+            signal.signal(signum, handler)
+
+
+def test_handlers_are_installed_only_during_a_call_from_the_main_thread(
+    default_stop_handlers: None,
+) -> None:
     """SIGTERM/SIGHUP handlers exist only inside a call in the main thread, then are restored."""
     with signals.signals_as_interrupts():
         inside = signal.getsignal(signal.SIGTERM)
@@ -655,6 +675,16 @@ def test_handlers_are_installed_only_during_a_call_from_the_main_thread() -> Non
     casaguard.call(os.getpid, casa=False)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_an_ignored_sighup_stays_ignored_through_a_call(default_stop_handlers: None) -> None:
+    """Under ``nohup`` the caller asked for SIGHUP to be ignored: a call must not undo that."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with signals.signals_as_interrupts():
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    casaguard.call(os.getpid, casa=False)
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
 # -------------------------------------------------- build 5: job dirs a SIGKILLed caller left
