@@ -37,6 +37,7 @@ import errno
 import os
 import select
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import NoReturn
@@ -109,14 +110,16 @@ def _read_maps() -> tuple[list[tuple[int, int, str, str]], set[str]]:
     """(low, high, perms, path) of every mapping, and the files mapped executable."""
     objects: set[str] = set()
     mappings: list[tuple[int, int, str, str]] = []
-    with open("/proc/self/maps") as maps:
+    # Bytes, decoded as the file system's names are: a mapped file's name need
+    # not be UTF-8, and PROCMAP_QUERY's names are decoded the same way.
+    with open("/proc/self/maps", "rb") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
-            path = fields[5].strip() if len(fields) > 5 else ""
-            perms = fields[1]
+            path = os.fsdecode(fields[5].strip()) if len(fields) > 5 else ""
+            perms = fields[1].decode()
             if perms[2] == "x" and path.startswith("/"):
                 objects.add(path)
-            low, high = (int(x, 16) for x in fields[0].split("-"))
+            low, high = (int(x, 16) for x in fields[0].split(b"-"))
             mappings.append((low, high, perms, path))
     return mappings, objects
 
@@ -218,9 +221,19 @@ def touch_ahead(job_pipe: int) -> int:
     Only pages inside touchable mappings (``_touchable``) are copied, in runs
     of at most ``_BATCH`` pages; it stops as soon as ``job_pipe`` is readable,
     so a job waits for at most one run. Returns how many pages it copied.
+    Never raises: copying ahead only saves time, and a spare that died of it
+    would leave every call to fork on the spot.
     """
     if not _learned:
         return 0
+    try:
+        return _touch_ahead(job_pipe)
+    except Exception as error:  # noqa: BLE001 - e.g. MemoryError, /proc unreadable
+        print(f"casaguard spare: pages not copied ahead: {error!r}", file=sys.stderr)
+        return 0
+
+
+def _touch_ahead(job_pipe: int) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     poll = select.poll()
     poll.register(job_pipe, select.POLLIN)
@@ -286,7 +299,7 @@ def _mapping_finder(libc: ctypes.CDLL, maps_fd: int, *, query: bool) -> _Finder:
         if request.vma_start > address:
             return address, request.vma_start, False  # a gap: nothing mapped there
         flags = request.vma_flags
-        path = name.value.decode(errors="replace") if request.vma_name_size else ""
+        path = os.fsdecode(name.value) if request.vma_name_size else ""
         touchable = _touchable(
             bool(flags & _VMA_READABLE),
             bool(flags & _VMA_WRITABLE),
