@@ -267,22 +267,27 @@ def test_an_idle_spare_copies_the_pages_a_forks_first_task_writes(
         time.sleep(0.05)
 
 
+#: An ioctl number and an madvise advice the kernel does not know: the kernel's
+#: own ENOTTY / EINVAL, as on a kernel before 6.11 / 5.14.
+_NO_PROCMAP_QUERY = "prefault._PROCMAP_QUERY = 0xC0686699"
+_NO_POPULATE_WRITE = "prefault._MADV_POPULATE_WRITE = 999"
+
+
 @pytest.mark.parametrize(
-    "kernel_help",
+    ("kernel_help", "paths"),
     [
-        pytest.param("", id="procmap-query-and-madvise"),
-        # An ioctl number and an madvise advice the kernel does not know: the
-        # kernel's own ENOTTY / EINVAL, as on a kernel before 6.11 / 5.14.
+        pytest.param("", "PATHS ask_or_skip True", id="procmap-query-and-madvise"),
         pytest.param(
-            "prefault._PROCMAP_QUERY = 0xC0686699; prefault._MADV_POPULATE_WRITE = 999",
+            f"{_NO_PROCMAP_QUERY}; {_NO_POPULATE_WRITE}",
+            "PATHS look_up False",
             id="maps-read-whole-and-byte-writes",
         ),
         # Linux 5.14-6.10 (RHEL 9, Ubuntu 22.04, Debian 12): madvise, no PROCMAP_QUERY.
-        pytest.param("prefault._PROCMAP_QUERY = 0xC0686699", id="maps-read-whole-and-madvise"),
+        pytest.param(_NO_PROCMAP_QUERY, "PATHS look_up True", id="maps-read-whole-and-madvise"),
     ],
 )
 def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
-    tmp_path: Path, kernel_help: str
+    tmp_path: Path, kernel_help: str, paths: str
 ) -> None:
     """Read-only, unmapped and shared pages among the learned ones are skipped; values stay.
 
@@ -333,10 +338,6 @@ def test_touching_ahead_writes_only_private_writable_pages_and_changes_no_byte(
     )
     assert result.returncode == 0, result.stderr
     assert "TOUCHED 1" in result.stdout and "SAME True" in result.stdout, result.stdout
-    paths = {
-        "": "PATHS ask_or_skip True",
-        "prefault._PROCMAP_QUERY = 0xC0686699": "PATHS look_up True",
-    }.get(kernel_help, "PATHS look_up False")
     assert paths in result.stdout, result.stdout
     assert shared_file.stat().st_mtime_ns == before
 
