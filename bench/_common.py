@@ -17,8 +17,9 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 import structlog
@@ -48,7 +49,7 @@ KEEP_SIZES = {"1k"}
 EVENTS: Counter[str] = Counter()
 
 
-def count_events(_: Any, __: str, event: dict[str, Any]) -> Any:
+def count_events(_: Any, __: str, event: MutableMapping[str, Any]) -> NoReturn:
     """A structlog processor that counts events by name and drops them (no output)."""
     EVENTS[event["event"]] += 1
     raise structlog.DropEvent

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,10 @@ import casaguard
 HERE = _common.HERE
 SIZES = _common.SIZES
 KEEP_SIZES = _common.KEEP_SIZES
-build, InProcess, rss_loop, summarise = (
-    _common.build,
-    _common.InProcess,
-    _common.rss_loop,
-    _common.summarise,
-)
+build = _common.build
+InProcess = _common.InProcess
+rss_loop = _common.rss_loop
+summarise = _common.summarise
 
 TARGETS = {
     "warm_overhead_ms_small": 25.0,
@@ -81,7 +80,7 @@ def time_interleaved(
         )
         return time.perf_counter() - started
 
-    methods = {
+    methods: dict[str, Callable[[], float]] = {
         "inprocess": lambda: worker.ft(path, complist),
         "template": lambda: guarded("template"),
         "spawn": lambda: guarded("spawn"),

@@ -45,7 +45,7 @@ def _timed(task: str, vis: Path, complist: Path, *, journal: bool) -> tuple[floa
             casaguard.clearcal(vis=str(vis), journal=journal)
         elapsed = time.perf_counter() - started
     dropped = next((e for e in events if e["event"] == "journal_dropped"), {})
-    return elapsed, dropped
+    return elapsed, dict(dropped)
 
 
 def bench_size(

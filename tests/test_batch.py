@@ -204,7 +204,7 @@ def test_ctrl_c_kills_the_running_children(tmp_path: Path) -> None:
     ("call", "message"),
     [
         (lambda: casaguard.map_task("not a task", [{}]), "identifier"),
-        (lambda: casaguard.map_task("ft", ["a.ms"]), "mapping"),
+        (lambda: casaguard.map_task("ft", ["a.ms"]), "mapping"),  # type: ignore[list-item]
         (lambda: casaguard.map_call(len, [1], jobs=0), "positive"),
         (lambda: casaguard.map_call(len, [1], executor=42), "executor must be"),
         (lambda: casaguard.map_call(42, [1]), "callable"),  # type: ignore[arg-type]

@@ -16,12 +16,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from next_reader import assert_casa_can_use
 
 from casaguard import casaenv
 from casaguard.journal import layout as journal_layout
 from casaguard.preflight import doctor
 from casaguard.sandbox import child as _child
-from tests.next_reader import assert_casa_can_use
 
 _DOCTOR = """
 import sys

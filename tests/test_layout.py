@@ -159,7 +159,7 @@ def test_no_importlib_between_own_modules() -> None:
                 arg = node.args[0] if node.args else None
                 assert not (
                     isinstance(arg, ast.Constant) and str(arg.value).startswith("casaguard")
-                ), f"{name} imports {arg.value} through importlib"  # type: ignore[union-attr]
+                ), f"{name} imports {arg.value!r} through importlib"
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import multiprocessing
 import os
 import shutil
@@ -376,7 +377,7 @@ def test_runs_stay_inside_one_mapping_and_an_unmapped_stretch_costs_one_query() 
             asked.append(at)
             return find(at)
 
-        prefault._learned[:] = prefault.array.array("Q", learned)
+        prefault._learned[:] = array.array("Q", learned)
         runs = list(prefault._runs(counting))
     finally:
         prefault._learned[:] = saved

@@ -181,6 +181,7 @@ def test_a_fork_killed_with_its_template_reports_sigkill(template: int, no_leaks
         proc.wait(timeout=30)
     assert caught.value.signal == "SIGKILL"
     assert any(e["event"] == "template_exited" for e in events)
+    assert caught.value.pid is not None
     assert _wait_gone(caught.value.pid)
 
 
@@ -197,7 +198,7 @@ def test_caller_env_cwd_and_import_path_are_honoured(
     monkeypatch.syspath_prepend(str(package))
 
     def look() -> tuple[str | None, str, str]:
-        import casaguard_probe_mod
+        import casaguard_probe_mod  # type: ignore[import-not-found]  # written by this test
 
         return os.environ.get("CASAGUARD_TEST_SETTING"), os.getcwd(), casaguard_probe_mod.answer()
 

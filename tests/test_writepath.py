@@ -19,7 +19,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ CLI = str(Path(sys.executable).parent / "casaguard")
 UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
-def _started(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _started(events: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [e for e in events if e["event"] in ("task_started", "template_starting")]
 
 
@@ -60,11 +60,12 @@ def _script(tmp_path: Path, code: str, *args: str, env: dict[str, str] | None = 
     )
 
 
-def _result(process: Any) -> dict[str, Any]:
+def _result(process: Any) -> Any:
+    """What the script printed after ``RESULT `` (JSON: a list, a string, ...)."""
     assert process.returncode == 0, process.stderr
     lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, process.stdout + process.stderr
-    return json.loads(lines[-1][len("RESULT ") :])  # type: ignore[no-any-return]
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 # ------------------------------------------------------------------ build 3: the caller's lock
@@ -138,7 +139,9 @@ def test_lock_taken_after_the_child_started_is_locked_not_a_signal(
     )
     assert holder.stdin is not None and holder.stdout is not None
 
-    def lock_once_started(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    def lock_once_started(
+        _: Any, __: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         if event.get("event") == "task_started":
             assert holder.stdin is not None and holder.stdout is not None
             holder.stdin.write("go\n")
@@ -350,7 +353,7 @@ def test_read_only_ms_is_refused_by_every_entry_point(ms: Path, tmp_path: Path) 
 )
 def test_bad_timeouts_are_one_line_before_any_child(ms: Path, options: dict[str, Any]) -> None:
     """timeout / lock_timeout <= 0, NaN, infinite or not a number: InvalidInput, no child."""
-    calls = [
+    calls: list[Callable[[], Any]] = [
         lambda: casaguard.ft(vis=str(ms), complist="a.cl", **options),
         lambda: casaguard.run_task("clearcal", vis=str(ms), **options),
         lambda: casaguard.map_task("clearcal", [{"vis": str(ms)}], **options),
@@ -405,7 +408,8 @@ def _plain_ft_mro(ms: Path, complist: str, *, drop_root: bool) -> list[str]:
         f"runpy.run_path({str(path)!r}, run_name='__main__')",
         drop_root=drop_root,
     )
-    return _result(result)  # type: ignore[no-any-return]
+    mro: list[str] = _result(result)
+    return mro
 
 
 def _obeying_file_modes(tmp_path: Path, name: str, code: str, *args: str, **kw: Any) -> Any:
