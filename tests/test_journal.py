@@ -29,6 +29,7 @@ from next_reader import assert_casa_can_use
 from structlog.testing import capture_logs
 
 import casaguard
+from casaguard import casaenv
 from casaguard.journal import hook as journal
 from casaguard.journal import layout as journal_layout
 from casaguard.journal import trust as journal_trust
@@ -842,3 +843,82 @@ def test_a_journal_copy_keeps_content_mode_times_and_xattrs(tmp_path: Path, size
     assert os.getxattr(target, "user.casaguard-test") == b"kept"
     with pytest.raises(FileExistsError):
         copy_file(source, target)
+
+
+UNLISTABLE_CALLER = """
+import json, sys, casaguard, casatasks
+vis, complist, side = sys.argv[1:]
+try:
+    if side == "plain":
+        casatasks.ft(vis=vis, complist=complist, usescratch=True)
+    else:
+        casaguard.ft(vis=vis, complist=complist, usescratch=True)
+    print("RESULT " + json.dumps("returned"))
+except Exception as error:
+    print("RESULT " + json.dumps(f"{type(error).__name__}: {error}"))
+"""
+
+
+def _ft_obeying_file_modes(tmp_path: Path, vis: Path, complist: Path, side: str) -> str:
+    """ft on ``vis`` from a caller that obeys file modes (root without its overrides)."""
+    script = tmp_path / "unlistable.py"
+    script.write_text(UNLISTABLE_CALLER)
+    env = {**casaenv.child_environment(), "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [*DROP_ROOT_POWERS, sys.executable, str(script), str(vis), str(complist), side],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    assert lines, result.stdout + result.stderr
+    outcome: str = json.loads(lines[-1][len("RESULT ") :])
+    return outcome
+
+
+def test_a_directory_nobody_may_list_inside_the_ms_does_not_stop_a_guarded_ft(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """Plain ft runs beside a directory in the MS that the caller may not list; so does the
+    guarded one, journal on (the lock check and the snapshot used to raise PermissionError)."""
+    twin = tmp_path / "twin" / ms.name
+    shutil.copytree(ms, twin)
+    outcomes = {}
+    for side, vis in (("plain", twin), ("guarded", ms)):
+        (vis / "private").mkdir(mode=0o000)
+        outcomes[side] = _ft_obeying_file_modes(tmp_path, vis, complist, side)
+        (vis / "private").chmod(0o755)
+    assert outcomes == {"plain": "returned", "guarded": "returned"}
+    assert journal_trust.pending_journals(str(ms)) == []
+    assert_casa_can_use(ms, complist)
+
+
+def test_a_journaled_subtable_nobody_may_list_is_refused_in_one_line_with_nothing_changed(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """ft writes SOURCE. A SOURCE directory with x but no r can still be written by CASA,
+    though the snapshot cannot see its files: the call is refused before the task runs."""
+    before = _file_digests(ms)
+    (ms / "SOURCE").chmod(0o300)
+    try:
+        outcome = _ft_obeying_file_modes(tmp_path, ms, complist, "guarded")
+    finally:
+        (ms / "SOURCE").chmod(0o755)
+    assert outcome == (
+        f"InvalidInput: ft: cannot journal {ms}: SOURCE cannot be listed (permission denied); "
+        "nothing was changed (journal=False runs without a safety copy)"
+    )
+    assert _file_digests(ms) == before
+    assert journal_trust.pending_journals(str(ms)) == []
+    assert_casa_can_use(ms, complist)
+
+
+def _file_digests(ms: Path) -> dict[str, str]:
+    """SHA-1 of every file of ``ms`` but the lock files (which readers write)."""
+    return {
+        str(path.relative_to(ms)): hashlib.sha1(path.read_bytes()).hexdigest()
+        for path in sorted(ms.rglob("*"))
+        if path.is_file() and path.name not in ("table.lock", journal_layout.WRITER_LOCK_FILE)
+    }

@@ -97,6 +97,13 @@ NO_SPACE_MESSAGE = (
 )
 
 
+#: A directory the snapshot must copy from but may not list.
+UNLISTABLE_MESSAGE = (
+    "{task}: cannot journal {vis}: {rel} cannot be listed (permission denied); "
+    "nothing was changed (journal=False runs without a safety copy)"
+)
+
+
 RESTORE_COMMAND = "casaguard restore-journal {vis}"
 
 

@@ -25,6 +25,7 @@ from casaguard.journal.layout import (
     MANIFEST,
     NO_SPACE_MESSAGE,
     SPACE_MARGIN_BYTES,
+    UNLISTABLE_MESSAGE,
     _stat,
 )
 
@@ -69,7 +70,10 @@ def take_snapshot(
     tree = _walk(vis)
     # Each subtable from its own top, which may be a symlink (a repair's backup names
     # subtables unresolved): the walk of the MS does not enter symlinked directories.
-    under = {name: _walk(vis, name) for name in present}
+    try:
+        under = {name: _walk(vis, name, must_list=True) for name in present}
+    except _Unlistable as error:
+        raise InvalidInput(UNLISTABLE_MESSAGE.format(task=task, vis=vis, rel=error.rel)) from None
     saved = [name for name in files if (root / name).is_file() and name != LOCK_FILE]
     for name in present:
         saved += [
@@ -145,11 +149,32 @@ class _Entry:
     stat: list[int] | None
 
 
-def _walk(root: str, prefix: str = "") -> list[_Entry]:
-    """Every entry under ``root``, with plain ``os.scandir``: a few hundred stats, no pathlib."""
+class _Unlistable(Exception):
+    """A directory the snapshot must copy from cannot be listed (``rel``, under the MS)."""
+
+    def __init__(self, rel: str) -> None:
+        self.rel = rel
+
+
+def _walk(root: str, prefix: str = "", *, must_list: bool = False) -> list[_Entry]:
+    """Every entry under ``root``, with plain ``os.scandir``: a few hundred stats, no pathlib.
+
+    A directory below ``root`` that this process may not list is listed, not
+    entered, as ``rglob`` (the restore's and recovery's walk) skips it too: a
+    plain CASA task runs beside it. But a subtable the snapshot copies
+    (``must_list``) may hold files the task can write though nobody can list
+    them (a directory with ``x`` but no ``r``): ``_Unlistable``, the call refused.
+    """
     found: list[_Entry] = []
-    with os.scandir(os.path.join(root, prefix) if prefix else root) as entries:
-        listed = list(entries)
+    try:
+        with os.scandir(os.path.join(root, prefix) if prefix else root) as entries:
+            listed = list(entries)
+    except PermissionError:
+        if must_list:
+            raise _Unlistable(prefix) from None
+        if not prefix:
+            raise  # the MS itself
+        return found
     for entry in listed:
         rel = os.path.join(prefix, entry.name) if prefix else entry.name
         stat = _stat(entry.path) if entry.is_file() else None
@@ -157,7 +182,7 @@ def _walk(root: str, prefix: str = "") -> list[_Entry]:
         # A file gone since the listing is no file (as Path.is_file would say).
         found.append(_Entry(rel, stat is not None, is_symlink, stat))
         if entry.is_dir() and not is_symlink:
-            found += _walk(root, rel)
+            found += _walk(root, rel, must_list=must_list)
     return found
 
 

@@ -150,8 +150,17 @@ def ms_tables(vis: str | os.PathLike[str]) -> list[Path]:
         entries = sorted(root.iterdir())
     except OSError:
         return tables
-    tables += [entry for entry in entries if (entry / "table.dat").is_file()]
+    tables += [entry for entry in entries if _is_table(entry)]
     return tables
+
+
+def _is_table(entry: Path) -> bool:
+    """Whether ``entry`` holds a ``table.dat``; a directory this process may not
+    look into holds no table it (or a CASA task it starts) could open."""
+    try:
+        return (entry / "table.dat").is_file()
+    except PermissionError:
+        return False
 
 
 def table_conflicts(
