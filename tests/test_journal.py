@@ -701,13 +701,9 @@ casaguard.ft(vis=sys.argv[1], complist=sys.argv[2], usescratch=True)
 """
 
 
-def test_caller_killed_mid_write_leaves_a_journal_to_recover(
-    ms: Path, complist: Path, tmp_path: Path
-) -> None:
-    """If the caller itself is SIGKILLed mid-ft, the child dies with it, the journal stays, the
-    next guarded write refuses naming it, and `casaguard restore-journal MS` rolls the MS back to
-    a state CASA's next reader and writer accept."""
-    before = _tree(ms)
+def _kill_caller_mid_ft(ms: Path, complist: Path, tmp_path: Path) -> Path:
+    """Start a caller's guarded ft on ``ms``, SIGKILL it once the journal is written, wait
+    for its child to die with it; return the manifest it left."""
     caller = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(KILLED_PARENT), str(ms), str(complist)],
         cwd=tmp_path,
@@ -734,6 +730,17 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     while pids.pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not pids.pid_alive(child), "the child must die with its caller"
+    return manifest
+
+
+def test_caller_killed_mid_write_leaves_a_journal_to_recover(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """If the caller itself is SIGKILLed mid-ft, the child dies with it, the journal stays, the
+    next guarded write refuses naming it, and `casaguard restore-journal MS` rolls the MS back to
+    a state CASA's next reader and writer accept."""
+    before = _tree(ms)
+    manifest = _kill_caller_mid_ft(ms, complist, tmp_path)
     assert journal_trust.pending_journals(ms) == [manifest.parent]
     with capture_logs() as events, pytest.raises(casaguard.JournalError) as refused:
         journal.MsJournal(str(ms), ["MODEL_DATA"], task="ft").before()
@@ -846,26 +853,35 @@ def test_a_journal_copy_keeps_content_mode_times_and_xattrs(tmp_path: Path, size
 
 
 UNLISTABLE_CALLER = """
-import json, sys, casaguard, casatasks
-vis, complist, side = sys.argv[1:]
+import json, logging, sys, casaguard, casatasks
+logging.basicConfig(level=logging.DEBUG, format="EVENT %(message)s", stream=sys.stderr)
+vis, complist, task, side = sys.argv[1:]
+module = casatasks if side == "plain" else casaguard
 try:
-    if side == "plain":
-        casatasks.ft(vis=vis, complist=complist, usescratch=True)
+    if task == "ft":
+        module.ft(vis=vis, complist=complist, usescratch=True)
     else:
-        casaguard.ft(vis=vis, complist=complist, usescratch=True)
+        module.clearcal(vis=vis)
     print("RESULT " + json.dumps("returned"))
 except Exception as error:
     print("RESULT " + json.dumps(f"{type(error).__name__}: {error}"))
 """
 
 
-def _ft_obeying_file_modes(tmp_path: Path, vis: Path, complist: Path, side: str) -> str:
-    """ft on ``vis`` from a caller that obeys file modes (root without its overrides)."""
+def _task_obeying_file_modes(
+    tmp_path: Path, vis: Path, complist: Path, task: str, side: str
+) -> tuple[str, str]:
+    """``task`` on ``vis`` from a caller that obeys file modes (root without its overrides).
+
+    Returns:
+        What the call did ("returned" or the exception), and the caller's stderr
+        (casaguard's events at DEBUG, one per line starting "EVENT ").
+    """
     script = tmp_path / "unlistable.py"
     script.write_text(UNLISTABLE_CALLER)
     env = {**casaenv.child_environment(), "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run(
-        [*DROP_ROOT_POWERS, sys.executable, str(script), str(vis), str(complist), side],
+        [*DROP_ROOT_POWERS, sys.executable, str(script), str(vis), str(complist), task, side],
         capture_output=True,
         text=True,
         timeout=300,
@@ -875,50 +891,91 @@ def _ft_obeying_file_modes(tmp_path: Path, vis: Path, complist: Path, side: str)
     lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
     assert lines, result.stdout + result.stderr
     outcome: str = json.loads(lines[-1][len("RESULT ") :])
-    return outcome
+    return outcome, result.stderr
 
 
-def test_a_directory_nobody_may_list_inside_the_ms_does_not_stop_a_guarded_ft(
-    ms: Path, complist: Path, tmp_path: Path
+def _hidden_dir(vis: Path, layout: str) -> Path:
+    """A directory in ``vis`` the caller may not enter: no permissions at all, or
+    readable but not enterable with a file in it; or another user's, mode 0700."""
+    where = vis / "HISTORY" / "theirs" if layout == "another-user" else vis / "private"
+    where.mkdir()
+    (where / "notes.txt").write_text("not CASA's")
+    if layout == "another-user":
+        os.chown(where / "notes.txt", 65534, 65534)
+        os.chown(where, 65534, 65534)
+    where.chmod({"no-permissions": 0o000, "readable-only": 0o444, "another-user": 0o700}[layout])
+    return where
+
+
+@pytest.mark.parametrize("task", ["ft", "clearcal"])
+@pytest.mark.parametrize("layout", ["no-permissions", "readable-only", "another-user"])
+def test_a_directory_the_caller_may_not_enter_does_not_stop_a_journaled_write(
+    ms: Path, complist: Path, tmp_path: Path, task: str, layout: str
 ) -> None:
-    """Plain ft runs beside a directory in the MS that the caller may not list; so does the
-    guarded one, journal on (the lock check and the snapshot used to raise PermissionError)."""
+    """Plain CASA runs beside a directory in the MS that the caller may not enter (in the
+    main table, or inside HISTORY, which every write journals); so does the guarded call,
+    journal on (the lock check, the snapshot's walk and its stat used to raise)."""
     twin = tmp_path / "twin" / ms.name
     shutil.copytree(ms, twin)
-    outcomes = {}
+    outcomes, events = {}, ""
     for side, vis in (("plain", twin), ("guarded", ms)):
-        (vis / "private").mkdir(mode=0o000)
-        outcomes[side] = _ft_obeying_file_modes(tmp_path, vis, complist, side)
-        (vis / "private").chmod(0o755)
+        hidden = _hidden_dir(vis, layout)
+        outcomes[side], stderr = _task_obeying_file_modes(tmp_path, vis, complist, task, side)
+        events += stderr if side == "guarded" else ""
+        hidden.chmod(0o755)
     assert outcomes == {"plain": "returned", "guarded": "returned"}
+    assert "EVENT journal_dropped" in events, events  # the write was journaled
     assert journal_trust.pending_journals(str(ms)) == []
     assert_casa_can_use(ms, complist)
 
 
-def test_a_journaled_subtable_nobody_may_list_is_refused_in_one_line_with_nothing_changed(
+def test_a_journaled_subtable_that_can_be_entered_but_not_listed_is_refused_unchanged(
     ms: Path, complist: Path, tmp_path: Path
 ) -> None:
-    """ft writes SOURCE. A SOURCE directory with x but no r can still be written by CASA,
-    though the snapshot cannot see its files: the call is refused before the task runs."""
-    before = _file_digests(ms)
-    (ms / "SOURCE").chmod(0o300)
-    try:
-        outcome = _ft_obeying_file_modes(tmp_path, ms, complist, "guarded")
-    finally:
-        (ms / "SOURCE").chmod(0o755)
-    assert outcome == (
-        f"InvalidInput: ft: cannot journal {ms}: SOURCE cannot be listed (permission denied); "
-        "nothing was changed (journal=False runs without a safety copy)"
-    )
-    assert _file_digests(ms) == before
+    """HISTORY with x but no r: plain ft still writes its history rows there, by name, but
+    no snapshot can see its files: the guarded call is refused before the task runs."""
+    twin = tmp_path / "twin" / ms.name
+    shutil.copytree(ms, twin)
+    before = _tree(ms)
+    outcomes = {}
+    for side, vis in (("plain", twin), ("guarded", ms)):
+        (vis / "HISTORY").chmod(0o300)
+        try:
+            outcomes[side], _ = _task_obeying_file_modes(tmp_path, vis, complist, "ft", side)
+        finally:
+            (vis / "HISTORY").chmod(0o755)
+    assert outcomes == {
+        "plain": "returned",
+        "guarded": f"InvalidInput: ft: cannot journal {ms}: HISTORY cannot be listed "
+        "(permission denied); nothing was changed (journal=False runs without a safety copy)",
+    }
+    assert _tree(ms) == before
     assert journal_trust.pending_journals(str(ms)) == []
     assert_casa_can_use(ms, complist)
 
 
-def _file_digests(ms: Path) -> dict[str, str]:
-    """SHA-1 of every file of ``ms`` but the lock files (which readers write)."""
-    return {
-        str(path.relative_to(ms)): hashlib.sha1(path.read_bytes()).hexdigest()
-        for path in sorted(ms.rglob("*"))
-        if path.is_file() and path.name not in ("table.lock", journal_layout.WRITER_LOCK_FILE)
-    }
+def test_restore_journal_leaves_another_users_directories_and_puts_the_ms_back(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """After a caller died mid-ft, another user's directories made meanwhile (one named like
+    a data-manager file that nobody may enter, one in HISTORY readable but not enterable)
+    are not the task's: `casaguard restore-journal` leaves them and puts the MS back."""
+    before = _tree(ms)
+    _kill_caller_mid_ft(ms, complist, tmp_path)
+    theirs = [ms / "table.f99", ms / "HISTORY" / "rx"]
+    for path in theirs:
+        path.mkdir()
+    (ms / "HISTORY" / "rx" / "f").write_text("theirs")
+    for path in (*theirs, ms / "HISTORY" / "rx" / "f"):
+        os.chown(path, 65534, 65534)
+    theirs[0].chmod(0o000)
+    theirs[1].chmod(0o444)
+    result = _cli(["restore-journal", str(ms)], tmp_path, prefix=DROP_ROOT_POWERS)
+    assert result.returncode == 0, result.stderr
+    assert _journals(ms) == [] and journal_trust.pending_journals(ms) == []
+    for path in theirs:
+        assert path.is_dir(), f"{path} is another user's: the restore must leave it"
+        path.chmod(0o755)
+        shutil.rmtree(path)
+    assert _tree(ms) == before
+    assert_casa_can_use(ms, complist)

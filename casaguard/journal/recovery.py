@@ -121,10 +121,18 @@ def later_writes(ms: Path, journal: Path, manifest: dict[str, Any]) -> list[str]
     found = []
     for path in sorted(ms.rglob("*")):
         rel = str(path.relative_to(ms))
-        if path.name in (LOCK_FILE, WRITER_LOCK_FILE) or not path.is_file() or path.is_symlink():
+        if path.name in (LOCK_FILE, WRITER_LOCK_FILE):
             continue
-        other_writer = rel in recorded and rel not in could_write and _stat(path) != recorded[rel]
-        if other_writer or path.stat().st_mtime_ns > limit:
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            other_writer = (
+                rel in recorded and rel not in could_write and _stat(path) != recorded[rel]
+            )
+            newer = path.stat().st_mtime_ns > limit
+        except PermissionError:  # listed, in a directory this process cannot enter
+            continue
+        if other_writer or newer:
             found.append(rel)
     found += [rel for rel in recorded if rel not in could_write and not (ms / rel).exists()]
     return sorted(set(found))

@@ -234,9 +234,10 @@ def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
     for entry in sorted(root.iterdir()):
         if entry.name in before or entry.name == LOCK_FILE or JOURNAL_MARK in entry.name:
             continue
-        if not (_DATA_MANAGER_FILE.match(entry.name) or entry.name in new_subtables):
-            continue
-        if os.lstat(entry).st_ctime_ns >= taken:
+        if entry.name in new_subtables:
+            if _born_after(entry, taken, files_only=False):
+                created.append(entry)
+        elif _DATA_MANAGER_FILE.match(entry.name) and _born_after(entry, taken):
             created.append(entry)
     for name, existed in manifest.get("subtables", {}).items():
         if not existed or not (root / name).is_dir() or (root / name).is_symlink():
@@ -247,9 +248,25 @@ def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
             inside_new = any(parent in created for parent in entry.parents)
             if rel in known or entry.name == LOCK_FILE or inside_new:
                 continue
-            if os.lstat(entry).st_ctime_ns >= taken:
+            if _born_after(entry, taken):
                 created.append(entry)
     return created
+
+
+def _born_after(entry: Path, taken_ns: int, *, files_only: bool = True) -> bool:
+    """Whether ``entry`` appeared after the snapshot and is of a kind the task makes.
+
+    casacore writes a table's files, never directories, into a table directory:
+    a directory there (another user's, one nobody may enter) is not the task's
+    and is left alone. So is an entry this process may not even look at.
+    """
+    try:
+        st = os.lstat(entry)
+    except (FileNotFoundError, PermissionError):
+        return False
+    if files_only and stat.S_ISDIR(st.st_mode):
+        return False
+    return st.st_ctime_ns >= taken_ns
 
 
 def _unjournaled_changes(root: Path, manifest: dict[str, Any]) -> list[str]:

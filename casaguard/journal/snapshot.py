@@ -159,31 +159,49 @@ class _Unlistable(Exception):
 def _walk(root: str, prefix: str = "", *, must_list: bool = False) -> list[_Entry]:
     """Every entry under ``root``, with plain ``os.scandir``: a few hundred stats, no pathlib.
 
-    A directory below ``root`` that this process may not list is listed, not
-    entered, as ``rglob`` (the restore's and recovery's walk) skips it too: a
-    plain CASA task runs beside it. But a subtable the snapshot copies
-    (``must_list``) may hold files the task can write though nobody can list
-    them (a directory with ``x`` but no ``r``): ``_Unlistable``, the call refused.
+    What this process may not see is passed over, as a plain CASA task running
+    as the same user passes it over: a directory below ``root`` it may not list
+    is listed, not entered, and a file in a directory it may list but not enter
+    (``r`` without ``x``) is no file. But in a subtable the snapshot copies
+    (``must_list``), a directory that can be entered but not listed (``x``
+    without ``r``) may hold files the task writes unseen: ``_Unlistable``, the
+    call refused.
     """
     found: list[_Entry] = []
+    top = os.path.join(root, prefix) if prefix else root
     try:
-        with os.scandir(os.path.join(root, prefix) if prefix else root) as entries:
+        with os.scandir(top) as entries:
             listed = list(entries)
     except PermissionError:
-        if must_list:
+        if must_list and _can_enter(top):
             raise _Unlistable(prefix) from None
         if not prefix:
             raise  # the MS itself
         return found
     for entry in listed:
         rel = os.path.join(prefix, entry.name) if prefix else entry.name
-        stat = _stat(entry.path) if entry.is_file() else None
+        try:
+            stat = _stat(entry.path) if entry.is_file() else None
+        except PermissionError:  # listed, but its directory cannot be entered
+            stat = None
         is_symlink = entry.is_symlink()
         # A file gone since the listing is no file (as Path.is_file would say).
         found.append(_Entry(rel, stat is not None, is_symlink, stat))
         if entry.is_dir() and not is_symlink:
             found += _walk(root, rel, must_list=must_list)
     return found
+
+
+def _can_enter(directory: str) -> bool:
+    """Whether this process may look up names in ``directory`` (asked of the kernel,
+    with the process's own credentials: a name that is not there is not refused)."""
+    try:
+        os.lstat(os.path.join(directory, ".casaguard-lookup"))
+    except FileNotFoundError:
+        return True
+    except PermissionError:
+        return False
+    return True
 
 
 #: Below this a file is read and written in one go: for the many small files of a
