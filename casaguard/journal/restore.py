@@ -256,9 +256,11 @@ def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
 def _born_after(entry: Path, taken_ns: int, *, files_only: bool = True) -> bool:
     """Whether ``entry`` appeared after the snapshot and is of a kind the task makes.
 
-    casacore writes a table's files, never directories, into a table directory:
-    a directory there (another user's, one nobody may enter) is not the task's
-    and is left alone. So is an entry this process may not even look at.
+    The storage managers CASA tasks create columns with (StandardStMan, the
+    tiled ones, IncrementalStMan) write files into a table directory, not
+    directories: a directory there (another user's, one nobody may enter) is
+    not the task's and is left alone. So is an entry this process may not even
+    look at. (A new subtable, a directory, is the task's: see the caller.)
     """
     try:
         st = os.lstat(entry)
