@@ -865,6 +865,7 @@ try:
     print("RESULT " + json.dumps("returned"))
 except Exception as error:
     print("RESULT " + json.dumps(f"{type(error).__name__}: {error}"))
+    print(f"CAUGHT BY except RuntimeError: {isinstance(error, RuntimeError)}", file=sys.stderr)
 """
 
 
@@ -949,6 +950,37 @@ def test_a_journaled_subtable_that_can_be_entered_but_not_listed_is_refused_unch
         "guarded": f"InvalidInput: ft: cannot journal {ms}: HISTORY cannot be listed "
         "(permission denied); nothing was changed (journal=False runs without a safety copy)",
     }
+    assert _tree(ms) == before
+    assert journal_trust.pending_journals(str(ms)) == []
+    assert_casa_can_use(ms, complist)
+
+
+@pytest.mark.parametrize("task", ["ft", "clearcal"])
+def test_an_ms_the_caller_may_not_list_is_refused_unchanged_as_plain_casa_refuses_it(
+    ms: Path, complist: Path, tmp_path: Path, task: str
+) -> None:
+    """The MS directory with x but no r: plain CASA cannot open it (casacore's
+    DirectoryIterator, a RuntimeError); the guarded call is refused before anything runs,
+    with one line that `except RuntimeError` still catches, and the MS stays as it was."""
+    twin = tmp_path / "twin" / ms.name
+    shutil.copytree(ms, twin)
+    before = _tree(ms)
+    outcomes, caught = {}, {}
+    for side, vis in (("plain", twin), ("guarded", ms)):
+        vis.chmod(0o300)
+        try:
+            outcomes[side], stderr = _task_obeying_file_modes(tmp_path, vis, complist, task, side)
+        finally:
+            vis.chmod(0o755)
+        caught[side] = "CAUGHT BY except RuntimeError: True" in stderr
+    plain = outcomes["plain"]
+    assert plain.startswith("RuntimeError: "), plain
+    assert f"DirectoryIterator: error on directory {twin}: Permission denied" in plain, plain
+    assert outcomes["guarded"] == (
+        f"ReadOnlyMs: {task}: {ms} cannot be listed (permission denied), so CASA cannot open "
+        "it; nothing was changed"
+    )
+    assert caught == {"plain": True, "guarded": True}
     assert _tree(ms) == before
     assert journal_trust.pending_journals(str(ms)) == []
     assert_casa_can_use(ms, complist)

@@ -148,6 +148,7 @@ from casaguard.journal.layout import (
     READ_ONLY_TABLE_DAT_HINT,
     RELEASED,
     RESTORE_COMMAND,
+    UNLISTABLE_MS_MESSAGE,
     Snapshot,
 )
 from casaguard.journal.restore import restore
@@ -164,8 +165,10 @@ log = events.get_logger()
 def check_writable_ms(vis: str, *, task: str, writes: Sequence[str] = ()) -> None:
     """Reject, before anything is touched, an MS that a guarded write cannot succeed on.
 
-    Refused: a main ``table.dat`` that is not writable (every writer task of plain
-    CASA fails on it, with the field report's error), and a directory the write
+    Refused: an MS directory the caller may not list (plain CASA's ``DirectoryIterator``
+    fails on it: a ``RuntimeError``, and nothing is written), a main ``table.dat`` that
+    is not writable (every writer task of plain CASA fails on it, with the field
+    report's error), and a directory the write
     must create or rename files in -- the MS and each declared subtable that
     exists -- because the journal puts files back by rename there (and clearcal
     dies of an uncaught AipsError on such an MS). Any other unwritable file is
@@ -193,6 +196,8 @@ def check_writable_ms(vis: str, *, task: str, writes: Sequence[str] = ()) -> Non
         raise InvalidInput(
             NOT_MS_MESSAGE.format(task=task, vis=vis, why="table.info does not say Measurement Set")
         )
+    if not os.access(path, os.R_OK):
+        raise ReadOnlyMs(UNLISTABLE_MS_MESSAGE.format(task=task, vis=vis))
     subtables = [path / name for name in (*writes, *ALWAYS_SUBTABLES) if (path / name).is_dir()]
     for candidate in (path, *subtables, path / "table.dat"):
         if not os.access(candidate, os.W_OK):

@@ -88,6 +88,14 @@ NOT_MS_MESSAGE = "{task}: {vis} is not a Measurement Set ({why})"
 READ_ONLY_MESSAGE = "{task}: {vis} is read-only ({path} is not writable{hint}); nothing was changed"
 
 
+#: An MS whose directory cannot be listed: casacore's DirectoryIterator fails on opening it,
+#: so plain ft and clearcal raise a RuntimeError; nothing can be written.
+UNLISTABLE_MS_MESSAGE = (
+    "{task}: {vis} cannot be listed (permission denied), so CASA cannot open it; "
+    "nothing was changed"
+)
+
+
 READ_ONLY_TABLE_DAT_HINT = ": WSClean run as another user leaves table.dat owned by it"
 
 
