@@ -755,6 +755,31 @@ def test_caller_killed_mid_write_leaves_a_journal_to_recover(
     assert_casa_can_use(ms, complist)
 
 
+def test_a_cli_user_meets_a_pending_journal_and_can_discard_it_from_the_cli(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """`casaguard ft` on an MS a killed caller left mid-write: refused in one line that names
+    both ways on (restore-journal, --discard-orphan-journal), nothing changed; with
+    --discard-orphan-journal the journal goes, ft runs, and MODEL_DATA is ft's."""
+    reference = tmp_path / "reference" / ms.name
+    shutil.copytree(ms, reference)
+    casaguard.ft(vis=str(reference), complist=str(complist), usescratch=True)
+    _kill_caller_mid_ft(ms, complist, tmp_path)
+    left = _tree(ms)
+    command = ["ft", str(ms), "--complist", str(complist), "--usescratch"]
+    refused = _cli(command, tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    line = _error_line(refused)
+    assert f"run `casaguard restore-journal {ms}`" in line, line
+    assert "--discard-orphan-journal" in line and line.endswith("nothing was changed"), line
+    assert _tree(ms) == left
+    ran = _cli([*command, "--discard-orphan-journal"], tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert _journals(ms) == [] and journal_trust.pending_journals(ms) == []
+    assert _tree(ms)["table.f4_TSM1"] == _tree(reference)["table.f4_TSM1"]
+    assert_casa_can_use(ms, complist)
+
+
 def test_two_guarded_writes_to_one_ms_never_interleave(
     ms_factory: Any, complist: Path, tmp_path: Path
 ) -> None:

@@ -41,6 +41,12 @@ def _add_journal_option(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="no safety copy and no pre-flight checks: a crash mid-write is not undone",
     )
+    parser.add_argument(
+        "--discard-orphan-journal",
+        action="store_true",
+        help="delete a pending journal that a dead guarded write left on the MS and keep "
+        "the MS as that call left it (the alternative: casaguard restore-journal MS)",
+    )
 
 
 def _task_outcome(args: argparse.Namespace, run: Callable[[], Any]) -> int:
@@ -67,13 +73,14 @@ def _task_outcome(args: argparse.Namespace, run: Callable[[], Any]) -> int:
 
 
 def _guard_options(args: argparse.Namespace) -> dict[str, Any]:
-    """casaguard's own options of a task command (``add_task_options`` + ``--no-journal``)."""
+    """casaguard's own options of a task command (``add_task_options`` + the journal's)."""
     return {
         "timeout": args.timeout,
         "lock_timeout": args.lock_timeout,
         "strict": args.strict,
         "mode": args.mode,
         "journal": args.journal,
+        "discard_orphan_journal": args.discard_orphan_journal,
     }
 
 

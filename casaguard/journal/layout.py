@@ -118,7 +118,8 @@ RESTORE_COMMAND = "casaguard restore-journal {vis}"
 PENDING_MESSAGE = (
     "{task}: {vis} has a pending journal {journal} (a guarded write died mid-write or its "
     "restore failed); run `" + RESTORE_COMMAND + "` to roll the MS back, or pass "
-    "discard_orphan_journal=True to keep the MS as it is; nothing was changed"
+    "discard_orphan_journal=True (on the command line --discard-orphan-journal) to keep the "
+    "MS as it is; nothing was changed"
 )
 
 
