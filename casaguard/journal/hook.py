@@ -92,8 +92,10 @@ overwrite and delete files in an MS, so a planted one is an attack):
 * every path in a manifest must lie inside the MS after resolving (no ``..``,
   no absolute path, no symlink escape); a restore deletes only entries the
   snapshot did not list, that the declared writes can create (new
-  ``table.f<N>*`` files, new files of a journaled subtable, a declared
-  subtable that did not exist) and that were born after the snapshot.
+  ``table.f<N>*`` files, new files directly in a journaled subtable, a declared
+  subtable that did not exist), that were born after the snapshot and that the
+  caller owns (the task ran as the caller). A journaled subtable is its own
+  files: a directory nested in it is neither copied nor put back nor deleted.
 
 A journal outlives its call only when the caller was killed mid-write or a
 restore failed. Such a *pending* journal blocks the next guarded write to the

@@ -147,15 +147,18 @@ def _restore(journal: Path, root: Path) -> list[str]:
                 continue  # a copy across file systems is dear; this file was not touched
             _put_back(source, root / rel, move=same_fs)
             done.append(str(root / rel))
+        # Sync data before deleting what the task made: if a deletion fails, the tables
+        # already say what their restored files hold (a file the old table.dat does not
+        # name is ignored by casacore; sync data of the aborted write is not).
+        for rel, existed in lock_files.items():
+            if (root / rel).exists():
+                _put_back_sync_data(journal / FILES / rel if existed else None, root / rel)
         for path in created:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
             done.append(str(path))
-        for rel, existed in lock_files.items():
-            if (root / rel).exists():
-                _put_back_sync_data(journal / FILES / rel if existed else None, root / rel)
     unjournaled = _unjournaled_changes(root, manifest)
     if unjournaled:
         log.warning("journal_unjournaled_change", vis=str(root), paths=unjournaled)
@@ -223,9 +226,8 @@ def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
 
     An entry counts only if the snapshot did not list it, the declared writes
     can create it (a new ``table.f<N>*`` data-manager file of the main table or
-    casacore's ``table.dat_tmp``, a
-    new file of a journaled subtable, a declared subtable that did not exist),
-    and it was born after the snapshot was taken.
+    casacore's ``table.dat_tmp``, a new file directly in a journaled subtable, a
+    declared subtable that did not exist), and it was born after the snapshot was taken.
     """
     taken = int(manifest.get("taken_ns", 0)) - CLOCK_SLACK_NS
     created: list[Path] = []
@@ -243,10 +245,11 @@ def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
         if not existed or not (root / name).is_dir() or (root / name).is_symlink():
             continue
         known = set(manifest.get("subtable_entries", {}).get(name, []))
-        for entry in sorted((root / name).rglob("*")):
+        # Directly in the subtable only, as the snapshot: what lies in a directory
+        # nested in it is not the task's (see _born_after).
+        for entry in sorted((root / name).iterdir()):
             rel = str(entry.relative_to(root))
-            inside_new = any(parent in created for parent in entry.parents)
-            if rel in known or entry.name == LOCK_FILE or inside_new:
+            if rel in known or entry.name == LOCK_FILE:
                 continue
             if _born_after(entry, taken):
                 created.append(entry)
@@ -260,7 +263,9 @@ def _born_after(entry: Path, taken_ns: int, *, files_only: bool = True) -> bool:
     tiled ones, IncrementalStMan) write files into a table directory, not
     directories: a directory there (another user's, one nobody may enter) is
     not the task's and is left alone. So is an entry this process may not even
-    look at. (A new subtable, a directory, is the task's: see the caller.)
+    look at, and one another user owns: the task ran with this process's
+    credentials, so what it made is this user's. (A new subtable, a directory,
+    is the task's: see the caller.)
     """
     try:
         st = os.lstat(entry)
@@ -268,7 +273,7 @@ def _born_after(entry: Path, taken_ns: int, *, files_only: bool = True) -> bool:
         return False
     if files_only and stat.S_ISDIR(st.st_mode):
         return False
-    return st.st_ctime_ns >= taken_ns
+    return st.st_ctime_ns >= taken_ns and st.st_uid == os.geteuid()
 
 
 def _unjournaled_changes(root: Path, manifest: dict[str, Any]) -> list[str]:

@@ -51,8 +51,9 @@ def take_snapshot(
         vis: the MS.
         task: task name, for messages.
         files: main-table file names to copy (``table.dat``, ``table.f4_TSM1``...).
-        subtables: subtable directory names (relative to ``vis``) to copy whole;
-            one that does not exist yet is recorded as absent.
+        subtables: subtable directory names (relative to ``vis``) whose files to copy
+            (those directly in it: a nested directory is not the table's); one that
+            does not exist yet is recorded as absent.
         growth_bytes: what the task may add to the MS (columns it creates).
         extra: more facts for the manifest (e.g. how long the planning took).
 
@@ -70,8 +71,11 @@ def take_snapshot(
     tree = _walk(vis)
     # Each subtable from its own top, which may be a symlink (a repair's backup names
     # subtables unresolved): the walk of the MS does not enter symlinked directories.
+    # Only its top level: a table's files lie directly in its directory, and a
+    # directory nested in it is no file of the task's (another user's, say) -- copying
+    # it would make a restore move files back into a directory it may not write.
     try:
-        under = {name: _walk(vis, name, must_list=True) for name in present}
+        under = {name: _walk(vis, name, must_list=True, deep=False) for name in present}
     except _Unlistable as error:
         raise InvalidInput(UNLISTABLE_MESSAGE.format(task=task, vis=vis, rel=error.rel)) from None
     saved = [name for name in files if (root / name).is_file() and name != LOCK_FILE]
@@ -156,8 +160,11 @@ class _Unlistable(Exception):
         self.rel = rel
 
 
-def _walk(root: str, prefix: str = "", *, must_list: bool = False) -> list[_Entry]:
-    """Every entry under ``root``, with plain ``os.scandir``: a few hundred stats, no pathlib.
+def _walk(
+    root: str, prefix: str = "", *, must_list: bool = False, deep: bool = True
+) -> list[_Entry]:
+    """Every entry under ``root`` (``deep=False``: directly in it), with plain ``os.scandir``:
+    a few hundred stats, no pathlib.
 
     What this process may not see is passed over, as a plain CASA task running
     as the same user passes it over: a directory below ``root`` it may not list
@@ -165,7 +172,7 @@ def _walk(root: str, prefix: str = "", *, must_list: bool = False) -> list[_Entr
     (``r`` without ``x``) is no file. But in a subtable the snapshot copies
     (``must_list``), a directory that can be entered but not listed (``x``
     without ``r``) may hold files the task writes unseen: ``_Unlistable``, the
-    call refused.
+    call refused (it is only ever asked of a subtable's own directory).
     """
     found: list[_Entry] = []
     top = os.path.join(root, prefix) if prefix else root
@@ -187,8 +194,8 @@ def _walk(root: str, prefix: str = "", *, must_list: bool = False) -> list[_Entr
         is_symlink = entry.is_symlink()
         # A file gone since the listing is no file (as Path.is_file would say).
         found.append(_Entry(rel, stat is not None, is_symlink, stat))
-        if entry.is_dir() and not is_symlink:
-            found += _walk(root, rel, must_list=must_list)
+        if deep and entry.is_dir() and not is_symlink:
+            found += _walk(root, rel)
     return found
 
 
