@@ -33,6 +33,10 @@ DROP_ROOT_POWERS = [
 ]
 
 
+#: setpriv arguments that run a command as a second, unprivileged local user (uid 65534).
+ATTACKER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def crash_evidence_under_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Crash evidence goes under the session's temp area, never to the user's ~/.cache."""
