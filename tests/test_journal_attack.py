@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ATTACKER
 from next_reader import assert_casa_can_use
 
 from casaguard.journal import layout as journal_layout
 
-ATTACKER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 BASHRC = "# the victim's own shell start-up\n"
 PLANTED = "obs.ms.casaguard-journal-999999-deadbeef"
 

@@ -22,14 +22,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import DROP_ROOT_POWERS
+from conftest import ATTACKER, DROP_ROOT_POWERS
 
 from casaguard import casaenv
 from casaguard.crash import evidence as crashdir
 from casaguard.errors import SetupError
 from casaguard.sandbox.template import client as _template
 
-ATTACKER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 ATTACKER_UID = 65534
 
 _VICTIM_FT = r"""
