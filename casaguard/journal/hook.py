@@ -89,8 +89,10 @@ overwrite and delete files in an MS, so a planted one is an attack):
   scanning ``/tmp``. One is trusted only if it and its manifest are owned by
   the caller, are not symlinks, have no group/other write, and the manifest
   names exactly that MS; others are ignored with a ``journal_untrusted`` event.
-* every path in a manifest must lie inside the MS after resolving (no ``..``,
-  no absolute path, no symlink escape); a restore deletes only entries the
+* every path in a manifest that the restore acts on must lie inside the MS after
+  resolving (no ``..``, no absolute path, no symlink escape), and the restore
+  works through descriptors of the directories it checked
+  (``casaguard.journal.pinned``); a restore deletes only entries the
   snapshot did not list, that the declared writes can create (new
   ``table.f<N>*`` files, new files directly in a journaled subtable, a declared
   subtable that did not exist), that were born after the snapshot and that the

@@ -29,6 +29,7 @@ from casaguard.journal.layout import (
     RESTORE_LOCK_WAIT_S,
     _stat,
 )
+from casaguard.journal.pinned import PinnedTree
 from casaguard.ms import lock_files
 
 log = events.get_logger()
@@ -44,11 +45,16 @@ def _read_manifest(journal: Path) -> dict[str, Any]:
     return manifest
 
 
-def _inside(root: Path, rel: Any, *, what: str) -> Path:
-    """``root / rel`` if ``rel`` is a plain relative path that stays inside ``root``."""
+def _relative(root: Path, rel: Any, *, what: str) -> str:
+    """``rel`` if it is a plain relative path (no ``..``, not absolute)."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
         raise JournalError(f"manifest path {rel!r} ({what}) is not a path inside {root}")
-    target = root / rel
+    return rel
+
+
+def _inside(root: Path, rel: Any, *, what: str) -> Path:
+    """``root / rel`` if ``rel`` is a plain relative path that stays inside ``root``."""
+    target = root / _relative(root, rel, what=what)
     real_root = os.path.realpath(root)
     real = os.path.realpath(target)
     if os.path.commonpath([real_root, real]) != real_root:
@@ -72,9 +78,11 @@ def _validated(root: Path, journal: Path, manifest: dict[str, Any]) -> None:
                 raise JournalError(f"journal copy {copy} is not a plain file")
     for name in manifest.get("subtables", {}):
         _inside(root, name, what="subtable")
+    # Names the restore must leave alone: where one leads (a symlink out of the
+    # MS, say) does not matter, so it is only checked to be a name.
     for entries in manifest.get("subtable_entries", {}).values():
         for rel in entries:
-            _inside(root, rel, what="subtable entry")
+            _relative(root, rel, what="subtable entry")
 
 
 def restore(journal: str | os.PathLike[str], *, vis: str) -> list[str]:
@@ -97,9 +105,13 @@ def restore(journal: str | os.PathLike[str], *, vis: str) -> list[str]:
         log.info("journal_restored", journal=str(journal), restored=[], note="no snapshot yet")
         return []
     try:
-        return _restore(journal, root)
+        with PinnedTree(root) as pins:
+            try:
+                return _restore(journal, root, pins)
+            except BaseException:
+                _remove_temp_files(pins)
+                raise
     except BaseException as error:
-        _remove_temp_files(root)
         if isinstance(error, KeyboardInterrupt):
             raise
         why = str(error) if isinstance(error, JournalError) else f"{type(error).__name__}: {error}"
@@ -108,21 +120,22 @@ def restore(journal: str | os.PathLike[str], *, vis: str) -> list[str]:
         ) from error
 
 
-def _restore(journal: Path, root: Path) -> list[str]:
+def _restore(journal: Path, root: Path, pins: PinnedTree) -> list[str]:
+    """The restore itself; every rename, unlink and open in the MS goes through ``pins``."""
     manifest = _read_manifest(journal)
     if os.path.realpath(str(manifest.get("vis"))) != os.path.realpath(root):
         raise JournalError(f"its manifest names {manifest.get('vis')!r}, not {root}")
     _validated(root, journal, manifest)
     saved: list[str] = manifest["saved"]
     recorded: dict[str, Any] = manifest.get("stat", {})
-    changed = [rel for rel in saved if _stat(root / rel) != recorded.get(rel)]
-    created = _created_entries(root, manifest)
+    changed = [rel for rel in saved if _stat(pins.path(rel)) != recorded.get(rel)]
+    created = _created_entries(pins, manifest)
     lock_files: dict[str, bool] = manifest.get("locks", {})
     if (
         not changed
         and not created
         and all(
-            _sync_data_unchanged(journal / FILES / rel if existed else None, root / rel)
+            _sync_data_unchanged(journal / FILES / rel if existed else None, pins.path(rel))
             for rel, existed in lock_files.items()
         )
     ):
@@ -133,7 +146,7 @@ def _restore(journal: Path, root: Path) -> list[str]:
     tables = sorted({str(Path(rel).parent) for rel in lock_files}, key=len) or ["."]
     with contextlib.ExitStack() as held:
         for table in tables:
-            if not held.enter_context(_table_lock(root / table)):
+            if not held.enter_context(_table_lock(pins.dir("" if table == "." else table))):
                 if not changed and not created:
                     log.info("journal_restored", vis=str(root), restored=[], note="nothing changed")
                     return []
@@ -145,20 +158,21 @@ def _restore(journal: Path, root: Path) -> list[str]:
             source = journal / FILES / rel
             if not same_fs and rel not in changed:
                 continue  # a copy across file systems is dear; this file was not touched
-            _put_back(source, root / rel, move=same_fs)
+            _put_back(source, pins.path(rel), move=same_fs)
             done.append(str(root / rel))
         # Sync data before deleting what the task made: if a deletion fails, the tables
         # already say what their restored files hold (a file the old table.dat does not
         # name is ignored by casacore; sync data of the aborted write is not).
         for rel, existed in lock_files.items():
-            if (root / rel).exists():
-                _put_back_sync_data(journal / FILES / rel if existed else None, root / rel)
-        for path in created:
+            if pins.path(rel).exists():
+                _put_back_sync_data(journal / FILES / rel if existed else None, pins.path(rel))
+        for rel in created:
+            path = pins.path(rel)
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-            done.append(str(path))
+            done.append(str(root / rel))
     unjournaled = _unjournaled_changes(root, manifest)
     if unjournaled:
         log.warning("journal_unjournaled_change", vis=str(root), paths=unjournaled)
@@ -167,7 +181,7 @@ def _restore(journal: Path, root: Path) -> list[str]:
         vis=str(root),
         restored=sorted(done),
         changed=sorted(changed),
-        created=sorted(str(p) for p in created),
+        created=sorted(str(root / rel) for rel in created),
     )
     return sorted(done)
 
@@ -201,10 +215,12 @@ def _put_back_sync_data(saved: Path | None, target: Path) -> None:
         os.ftruncate(fd, len(data))
 
 
-def _remove_temp_files(root: Path) -> None:
-    with contextlib.suppress(OSError):
-        for path in root.rglob(f"*{_RESTORE_SUFFIX}"):
-            path.unlink(missing_ok=True)
+def _remove_temp_files(pins: PinnedTree) -> None:
+    """Remove casaguard's temp files from every directory the restore worked in."""
+    for directory in pins.dirs():
+        with contextlib.suppress(OSError):
+            for path in directory.glob(f"*{_RESTORE_SUFFIX}"):
+                path.unlink(missing_ok=True)
 
 
 def _put_back(saved: Path, target: Path, *, move: bool) -> None:
@@ -221,8 +237,8 @@ def _put_back(saved: Path, target: Path, *, move: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
-    """Entries the aborted call created, and only those.
+def _created_entries(pins: PinnedTree, manifest: dict[str, Any]) -> list[str]:
+    """Entries the aborted call created, and only those, relative to the MS.
 
     An entry counts only if the snapshot did not list it, the declared writes
     can create it (a new ``table.f<N>*`` data-manager file of the main table or
@@ -230,29 +246,30 @@ def _created_entries(root: Path, manifest: dict[str, Any]) -> list[Path]:
     declared subtable that did not exist), and it was born after the snapshot was taken.
     """
     taken = int(manifest.get("taken_ns", 0)) - CLOCK_SLACK_NS
-    created: list[Path] = []
+    created: list[str] = []
     before = set(manifest["main_entries"])
     new_subtables = {name for name, existed in manifest.get("subtables", {}).items() if not existed}
-    for entry in sorted(root.iterdir()):
+    for entry in sorted(pins.dir("").iterdir()):
         if entry.name in before or entry.name == LOCK_FILE or JOURNAL_MARK in entry.name:
             continue
         if entry.name in new_subtables:
             if _born_after(entry, taken, files_only=False):
-                created.append(entry)
+                created.append(entry.name)
         elif _DATA_MANAGER_FILE.match(entry.name) and _born_after(entry, taken):
-            created.append(entry)
+            created.append(entry.name)
     for name, existed in manifest.get("subtables", {}).items():
-        if not existed or not (root / name).is_dir() or (root / name).is_symlink():
+        top = pins.path(name)
+        if not existed or not top.is_dir() or top.is_symlink():
             continue
         known = set(manifest.get("subtable_entries", {}).get(name, []))
         # Directly in the subtable only, as the snapshot: what lies in a directory
         # nested in it is not the task's (see _born_after).
-        for entry in sorted((root / name).iterdir()):
-            rel = str(entry.relative_to(root))
+        for entry in sorted(pins.dir(name).iterdir()):
+            rel = os.path.join(name, entry.name)
             if rel in known or entry.name == LOCK_FILE:
                 continue
             if _born_after(entry, taken):
-                created.append(entry)
+                created.append(rel)
     return created
 
 
@@ -277,12 +294,18 @@ def _born_after(entry: Path, taken_ns: int, *, files_only: bool = True) -> bool:
 
 
 def _unjournaled_changes(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """Files the snapshot saw but did not copy that have changed since (for a warning)."""
     saved = set(manifest["saved"])
-    return sorted(
-        rel
-        for rel, before in manifest.get("stat", {}).items()
-        if rel not in saved and Path(rel).name != LOCK_FILE and _stat(root / rel) != before
-    )
+    found = []
+    for rel, before in manifest.get("stat", {}).items():
+        if rel in saved or Path(rel).name == LOCK_FILE:
+            continue
+        try:
+            if _stat(root / rel) != before:
+                found.append(rel)
+        except PermissionError:  # its directory was closed to the caller since
+            continue
+    return sorted(found)
 
 
 def _same_device(a: Path, b: Path) -> bool:
