@@ -32,6 +32,7 @@ import casaguard
 from casaguard import casaenv
 from casaguard.journal import hook as journal
 from casaguard.journal import layout as journal_layout
+from casaguard.journal import recovery
 from casaguard.journal import trust as journal_trust
 from casaguard.ms import locks
 from casaguard.sandbox import callspec, pids, runner
@@ -1057,6 +1058,25 @@ def test_restore_journal_leaves_another_users_directories_and_puts_the_ms_back(
     assert_casa_can_use(ms, complist)
 
 
+def test_a_failed_write_beside_a_symlink_out_of_history_is_put_back(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """A symlink in HISTORY to a directory outside the MS (someone's notes link): ft with a
+    missing component list fails as plain ft fails; the restore leaves the link alone
+    (it names nothing the restore touches), so no journal is left pending."""
+    link = ms / "HISTORY" / "notes-link"
+    link.symlink_to(tmp_path)
+    before = _tree(ms)
+    with pytest.raises(casaguard.CasaTaskError) as failed:
+        casaguard.ft(vis=str(ms), complist=str(tmp_path / "missing.cl"), usescratch=True)
+    assert isinstance(failed.value, ValueError) and failed.value.restored
+    assert journal_trust.pending_journals(str(ms)) == [] and _journals(ms) == []
+    assert os.readlink(link) == str(tmp_path)
+    link.unlink()
+    assert _tree(ms) == before
+    assert_casa_can_use(ms, complist)
+
+
 def _as_attacker_in(directory: Path, script: str) -> None:
     """Run ``script`` (sh) as uid 65534 in ``directory``, reached by a descriptor: pytest's
     tmp tree above the MS is root's, mode 0700."""
@@ -1125,4 +1145,109 @@ def test_a_failed_write_beside_another_users_directory_in_history_is_put_back(
     assert _tree(ms) == before
     assert (ms / "HISTORY" / "att" / "f").read_text() == "theirs"
     shutil.rmtree(ms / "HISTORY" / "att")
+    assert_casa_can_use(ms, complist)
+
+
+SWAPPER = """
+import ctypes, os, random, select, sys, time
+fd, ctl, ack, elsewhere = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+os.chdir(f"/proc/self/fd/{fd}")
+os.symlink(elsewhere, "HISTORY.x")
+libc = ctypes.CDLL(None, use_errno=True)
+def exchange():
+    if libc.renameat2(-100, b"HISTORY", -100, b"HISTORY.x", 2) != 0:  # RENAME_EXCHANGE
+        raise OSError(ctypes.get_errno(), "renameat2")
+running, swaps = False, 0
+os.write(ack, b"k")
+while True:
+    if select.select([ctl], [], [], None if not running else 0)[0]:
+        order = os.read(ctl, 1)
+        if order == b"g":
+            running = True
+        else:
+            if os.path.islink("HISTORY"):
+                exchange()
+            running = False
+            if order != b"p":
+                os.unlink("HISTORY.x")
+                os.write(ack, str(swaps).encode())
+                break
+            os.write(ack, b"k")
+    if running:
+        time.sleep(random.uniform(0, 0.003))  # either way for a random few ms
+        exchange()
+        swaps += 1
+"""
+
+
+def test_restore_journal_never_writes_outside_the_ms_while_a_subtable_is_swapped(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """An MS others may write to (mode 0777): while the victim runs restore-journal after a
+    dead call, another user (uid 65534, as itself) swaps HISTORY with a symlink to another
+    of the victim's directories, again and again. No attempt writes, replaces or deletes
+    anything there: every rename and unlink goes through the directory that was checked
+    (some attempts are refused instead)."""
+    before = _tree(ms)
+    _kill_caller_mid_ft(ms, complist, tmp_path)
+    [pending] = journal_trust.pending_journals(ms)
+    backup = tmp_path / "backup"
+    shutil.copytree(ms, backup / "ms", symlinks=True)
+    shutil.copytree(pending, backup / "journal", symlinks=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in os.listdir(ms / "HISTORY"):
+        (elsewhere / name).write_text("precious")
+    precious = _tree(elsewhere)
+    ms.chmod(0o777)
+    fd = os.open(ms, os.O_RDONLY | os.O_DIRECTORY)
+    ctl_read, ctl = os.pipe()
+    ack, ack_write = os.pipe()
+    attacker = subprocess.Popen(
+        [
+            *ATTACKER,
+            sys.executable,
+            "-c",
+            SWAPPER,
+            str(fd),
+            str(ctl_read),
+            str(ack_write),
+            str(elsewhere),
+        ],
+        pass_fds=(fd, ctl_read, ack_write),
+    )
+    os.close(ctl_read)
+    os.close(ack_write)
+    outcomes: list[str] = []
+    try:
+        assert os.read(ack, 1) == b"k"
+        for _ in range(40):
+            shutil.rmtree(pending, ignore_errors=True)
+            shutil.copytree(backup / "journal", pending, symlinks=True)
+            shutil.copytree(backup / "ms", ms, symlinks=True, dirs_exist_ok=True)
+            ms.chmod(0o777)  # copytree gave it the backup's mode
+            os.write(ctl, b"g")
+            try:
+                recovery.recover(ms, force=True)
+                outcomes.append("restored")
+            except casaguard.JournalError:
+                outcomes.append("refused")
+            os.write(ctl, b"p")
+            assert os.read(ack, 1) == b"k"
+            assert _tree(elsewhere) == precious, f"attempt {len(outcomes)} wrote outside the MS"
+        os.write(ctl, b"q")
+        swaps = int(os.read(ack, 32))
+    finally:
+        os.close(ctl)
+        os.close(fd)
+        attacker.wait(timeout=60)
+        ms.chmod(0o755)
+    assert swaps > len(outcomes), "the attacker must have raced every attempt"
+    assert "restored" in outcomes, outcomes
+    assert not (ms / "HISTORY").is_symlink()
+    shutil.rmtree(pending, ignore_errors=True)
+    shutil.copytree(backup / "journal", pending, symlinks=True)
+    shutil.copytree(backup / "ms", ms, symlinks=True, dirs_exist_ok=True)
+    recovery.recover(ms, force=True)
+    assert _tree(ms) == before
     assert_casa_can_use(ms, complist)
