@@ -105,6 +105,14 @@ NO_SPACE_MESSAGE = (
 )
 
 
+#: A file of the main table the task writes that is a symlink: a restore could not put it
+#: back in place (it would have to write wherever the link leads).
+SYMLINKED_MESSAGE = (
+    "{task}: cannot journal {vis}: {rel} is a symlink; nothing was changed "
+    "(journal=False runs without a safety copy)"
+)
+
+
 #: A directory the snapshot must copy from but may not list.
 UNLISTABLE_MESSAGE = (
     "{task}: cannot journal {vis}: {rel} cannot be listed (permission denied); "

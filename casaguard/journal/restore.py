@@ -7,10 +7,11 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +105,20 @@ def restore(journal: str | os.PathLike[str], *, vis: str) -> list[str]:
     if not (journal / MANIFEST).exists():
         log.info("journal_restored", journal=str(journal), restored=[], note="no snapshot yet")
         return []
+    unpinned: Callable[[str], str] = str
     try:
-        with PinnedTree(root) as pins:
+        with PinnedTree(root, _snapshotted_dirs(journal)) as pins:
             try:
                 return _restore(journal, root, pins)
             except BaseException:
                 _remove_temp_files(pins)
+                unpinned = pins.unpinning(root)
                 raise
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt):
             raise
         why = str(error) if isinstance(error, JournalError) else f"{type(error).__name__}: {error}"
+        why = unpinned(why)  # the MS's paths, not the descriptors the restore used
         raise JournalError(
             RESTORE_FAILED_MESSAGE.format(vis=root, why=why, journal=journal)
         ) from error
@@ -186,6 +190,19 @@ def _restore(journal: Path, root: Path, pins: PinnedTree) -> list[str]:
     return sorted(done)
 
 
+def _snapshotted_dirs(journal: Path) -> dict[str, tuple[int, int]]:
+    """The (device, inode) of each directory the snapshot copied from, by path in the MS."""
+    try:
+        dirs = json.loads((journal / MANIFEST).read_text()).get("dirs", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # _restore's own reading of the manifest says what is wrong
+    return {
+        rel: (ident[0], ident[1])
+        for rel, ident in dirs.items()
+        if isinstance(rel, str) and isinstance(ident, list) and len(ident) == 2
+    }
+
+
 def _sync_data_unchanged(saved: Path | None, target: Path) -> bool:
     """Whether ``target``'s sync data (from byte LOCK_REQUEST_BYTES) is the snapshot's."""
     try:
@@ -206,6 +223,7 @@ def _put_back_sync_data(saved: Path | None, target: Path) -> None:
     """
     data = saved.read_bytes() if saved is not None else b""
     with lock_files.open_lock_file(target) as fd:
+        _check_one_name(fd, target)
         current = os.pread(fd, LOCK_REQUEST_BYTES, 0)
         if saved is not None and len(data) >= LOCK_REQUEST_BYTES == len(current):
             data = current + data[LOCK_REQUEST_BYTES:]
@@ -215,11 +233,19 @@ def _put_back_sync_data(saved: Path | None, target: Path) -> None:
         os.ftruncate(fd, len(data))
 
 
+def _check_one_name(fd: int, path: Path) -> None:
+    """Refuse a lock file with more than one name: casacore never links one, and another
+    name may be anyone's file (a hard link planted in a subtable others may write to)."""
+    links = os.fstat(fd).st_nlink
+    if links != 1:
+        raise JournalError(f"{path} has {links} names (hard links); it is not written")
+
+
 def _remove_temp_files(pins: PinnedTree) -> None:
     """Remove casaguard's temp files from every directory the restore worked in."""
     for directory in pins.dirs():
         with contextlib.suppress(OSError):
-            for path in directory.glob(f"*{_RESTORE_SUFFIX}"):
+            for path in directory.glob(f"*{_RESTORE_SUFFIX}-*"):
                 path.unlink(missing_ok=True)
 
 
@@ -229,9 +255,16 @@ def _put_back(saved: Path, target: Path, *, move: bool) -> None:
     if move:
         os.replace(saved, target)
         return
-    tmp = target.with_name(target.name + _RESTORE_SUFFIX)
+    # A fresh name, created here and written through its own descriptor: in a
+    # directory others may write to, a fixed temp name could be a planted symlink.
+    tmp = target.with_name(f"{target.name}{_RESTORE_SUFFIX}-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        shutil.copy2(saved, tmp)
+        with os.fdopen(fd, "wb") as out, saved.open("rb") as source:
+            shutil.copyfileobj(source, out)
+            st = os.fstat(source.fileno())
+            os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
+            os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -325,6 +358,7 @@ def _table_lock(table: Path) -> Iterator[bool]:
         except FileNotFoundError:
             yield True
             return
+        _check_one_name(fd, table / LOCK_FILE)
         deadline = time.monotonic() + RESTORE_LOCK_WAIT_S
         while True:
             try:

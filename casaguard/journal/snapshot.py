@@ -25,6 +25,7 @@ from casaguard.journal.layout import (
     MANIFEST,
     NO_SPACE_MESSAGE,
     SPACE_MARGIN_BYTES,
+    SYMLINKED_MESSAGE,
     UNLISTABLE_MESSAGE,
     _stat,
 )
@@ -61,7 +62,8 @@ def take_snapshot(
         The manifest.
 
     Raises:
-        InvalidInput: not enough free space; nothing was copied.
+        InvalidInput: not enough free space, a main-table file to copy is a symlink, or a
+            subtable cannot be listed; nothing was copied.
     """
     root = Path(vis)
     journal = Path(journal)
@@ -78,6 +80,9 @@ def take_snapshot(
         under = {name: _walk(vis, name, must_list=True, deep=False) for name in present}
     except _Unlistable as error:
         raise InvalidInput(UNLISTABLE_MESSAGE.format(task=task, vis=vis, rel=error.rel)) from None
+    linked = [name for name in files if (root / name).is_symlink()]
+    if linked:
+        raise InvalidInput(SYMLINKED_MESSAGE.format(task=task, vis=vis, rel=linked[0]))
     saved = [name for name in files if (root / name).is_file() and name != LOCK_FILE]
     for name in present:
         saved += [
@@ -125,6 +130,8 @@ def take_snapshot(
         "saved": saved,
         "locks": locks,
         "subtables": {name: name in present for name in subtables},
+        # Which directories these are: a restore works only in these very ones.
+        "dirs": {rel: _identity(root / rel) for rel in ("", *present)},
         "main_entries": sorted(os.listdir(root)),
         "subtable_entries": {name: sorted(e.rel for e in under[name]) for name in present},
         "stat": {e.rel: e.stat for e in tree if e.is_file},
@@ -139,6 +146,12 @@ def take_snapshot(
         out.write(json.dumps(manifest))
     os.replace(tmp, journal / MANIFEST)
     return manifest
+
+
+def _identity(directory: Path) -> list[int]:
+    """[device, inode] of ``directory`` (a symlinked subtable: of where it leads)."""
+    st = os.stat(directory)
+    return [st.st_dev, st.st_ino]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import struct
 import threading
 from collections.abc import Iterator, Mapping
@@ -65,7 +67,12 @@ def open_lock_file(path: str | os.PathLike[str], *, writable: bool = True) -> It
         return
     mine = has_own_descriptor({key[:2]: Path(path)})
     access = os.O_RDWR if writable else os.O_RDONLY
-    fd = os.open(path, access | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NONBLOCK: a FIFO named table.lock would block a read-only open until some
+    # writer came; on a regular file it changes nothing.
+    fd = os.open(path, access | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device named table.lock
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
     if mine:
         with _kept_lock:
             _kept.setdefault(key, fd)
