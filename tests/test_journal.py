@@ -13,8 +13,10 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -1150,12 +1152,13 @@ def test_a_failed_write_beside_another_users_directory_in_history_is_put_back(
 
 SWAPPER = """
 import ctypes, os, random, select, sys, time
-fd, ctl, ack, elsewhere = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+fd, ctl, ack, name, target = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
 os.chdir(f"/proc/self/fd/{fd}")
-os.symlink(elsewhere, "HISTORY.x")
+link = name + ".x"
+os.symlink(target, link)
 libc = ctypes.CDLL(None, use_errno=True)
 def exchange():
-    if libc.renameat2(-100, b"HISTORY", -100, b"HISTORY.x", 2) != 0:  # RENAME_EXCHANGE
+    if libc.renameat2(-100, name.encode(), -100, link.encode(), 2) != 0:  # RENAME_EXCHANGE
         raise OSError(ctypes.get_errno(), "renameat2")
 running, swaps = False, 0
 os.write(ack, b"k")
@@ -1165,42 +1168,65 @@ while True:
         if order == b"g":
             running = True
         else:
-            if os.path.islink("HISTORY"):
+            if os.path.islink(name):
                 exchange()
             running = False
             if order != b"p":
-                os.unlink("HISTORY.x")
+                os.unlink(link)
                 os.write(ack, str(swaps).encode())
                 break
             os.write(ack, b"k")
     if running:
-        time.sleep(random.uniform(0, 0.003))  # either way for a random few ms
+        # Either way for a random while, from a few microseconds to 3 ms: some swaps land
+        # between two steps of a restore, whatever their spacing.
+        time.sleep(random.choice((0, 0, 1e-4, 1e-3, 3e-3)) * random.random())
         exchange()
         swaps += 1
 """
 
 
-def test_restore_journal_never_writes_outside_the_ms_while_a_subtable_is_swapped(
-    ms: Path, complist: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    "swap", ["HISTORY for another directory", "HISTORY for ANTENNA", "the MS for another MS"]
+)
+def test_restore_journal_never_writes_elsewhere_while_a_directory_is_swapped(
+    ms_factory: Any,
+    complist: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    swap: str,
 ) -> None:
-    """An MS others may write to (mode 0777): while the victim runs restore-journal after a
-    dead call, another user (uid 65534, as itself) swaps HISTORY with a symlink to another
-    of the victim's directories, again and again. No attempt writes, replaces or deletes
-    anything there: every rename and unlink goes through the directory that was checked
-    (some attempts are refused instead)."""
+    """Another user (uid 65534, as itself) may write to the MS directory, or to the one it
+    lies in. While the victim runs restore-journal after a dead call, they swap HISTORY, or
+    the MS itself, with a symlink to another of the victim's directories (outside the MS,
+    ANTENNA, another MS), again and again. Nothing there changes in any of 100 attempts:
+    every rename and unlink goes through the directory that was checked, and only the very
+    directories the snapshot copied from are written (some attempts are refused instead)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    ms = ms_factory(shared / "test.ms")
+    if swap == "the MS for another MS":
+        # A parent others may write to: the journal goes to the caller's private directory.
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+        (tmp_path / "run").mkdir(mode=0o700)
+        where, name = shared, ms.name
+        elsewhere = ms_factory(tmp_path / "other.ms")
+    else:
+        where, name = ms, "HISTORY"
+        elsewhere = ms / "ANTENNA" if swap == "HISTORY for ANTENNA" else tmp_path / "elsewhere"
+        if not elsewhere.exists():
+            elsewhere.mkdir()
+            for entry in os.listdir(ms / "HISTORY"):
+                (elsewhere / entry).write_text("precious")
     before = _tree(ms)
     _kill_caller_mid_ft(ms, complist, tmp_path)
     [pending] = journal_trust.pending_journals(ms)
     backup = tmp_path / "backup"
     shutil.copytree(ms, backup / "ms", symlinks=True)
     shutil.copytree(pending, backup / "journal", symlinks=True)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    for name in os.listdir(ms / "HISTORY"):
-        (elsewhere / name).write_text("precious")
-    precious = _tree(elsewhere)
-    ms.chmod(0o777)
-    fd = os.open(ms, os.O_RDONLY | os.O_DIRECTORY)
+    untouched = _tree(elsewhere)
+    mode = where.stat().st_mode
+    where.chmod(0o777)
+    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
     ctl_read, ctl = os.pipe()
     ack, ack_write = os.pipe()
     attacker = subprocess.Popen(
@@ -1212,6 +1238,7 @@ def test_restore_journal_never_writes_outside_the_ms_while_a_subtable_is_swapped
             str(fd),
             str(ctl_read),
             str(ack_write),
+            name,
             str(elsewhere),
         ],
         pass_fds=(fd, ctl_read, ack_write),
@@ -1221,33 +1248,136 @@ def test_restore_journal_never_writes_outside_the_ms_while_a_subtable_is_swapped
     outcomes: list[str] = []
     try:
         assert os.read(ack, 1) == b"k"
-        for _ in range(40):
+        for _ in range(100):
             shutil.rmtree(pending, ignore_errors=True)
             shutil.copytree(backup / "journal", pending, symlinks=True)
             shutil.copytree(backup / "ms", ms, symlinks=True, dirs_exist_ok=True)
-            ms.chmod(0o777)  # copytree gave it the backup's mode
+            where.chmod(0o777)  # copytree gave the MS the backup's mode
             os.write(ctl, b"g")
             try:
                 recovery.recover(ms, force=True)
                 outcomes.append("restored")
-            except casaguard.JournalError:
+            # Refused (JournalError; InvalidInput when the journal no longer looks like
+            # this MS's), or a path that changed under os.path.realpath (EINVAL): either way
+            # nothing was written.
+            except (casaguard.CasaguardError, OSError):
                 outcomes.append("refused")
             os.write(ctl, b"p")
             assert os.read(ack, 1) == b"k"
-            assert _tree(elsewhere) == precious, f"attempt {len(outcomes)} wrote outside the MS"
+            assert _tree(elsewhere) == untouched, f"attempt {len(outcomes)} wrote in {elsewhere}"
         os.write(ctl, b"q")
         swaps = int(os.read(ack, 32))
     finally:
         os.close(ctl)
         os.close(fd)
         attacker.wait(timeout=60)
-        ms.chmod(0o755)
+        where.chmod(stat.S_IMODE(mode))
     assert swaps > len(outcomes), "the attacker must have raced every attempt"
     assert "restored" in outcomes, outcomes
-    assert not (ms / "HISTORY").is_symlink()
+    assert not (where / name).is_symlink()
     shutil.rmtree(pending, ignore_errors=True)
     shutil.copytree(backup / "journal", pending, symlinks=True)
     shutil.copytree(backup / "ms", ms, symlinks=True, dirs_exist_ok=True)
     recovery.recover(ms, force=True)
+    assert _tree(ms) == before
+    assert_casa_can_use(ms, complist)
+
+
+def test_a_restore_across_file_systems_never_writes_through_a_planted_temp_name(
+    ms_factory: Any, complist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal on another file system (the MS's parent is writable by others, so it
+    goes to the caller's private directory, here on tmpfs): the restore copies files back
+    through temp files. Another user (as itself) who may write to the MS and HISTORY plants
+    symlinks named like casaguard's temp files, pointing at a file of the victim's. A failed
+    ft is put back as before, and the victim's file is left as it was."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    ms = ms_factory(shared / "test.ms")
+    private = Path(tempfile.mkdtemp(prefix="casaguard-run-", dir="/dev/shm"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(private))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    before = _tree(ms)
+    for directory in (ms, ms / "HISTORY", ms / "SOURCE"):
+        directory.chmod(0o777)
+        # (A link named like a data-manager file, table.f4.casaguard-restore, makes the
+        # snapshot refuse the call: see the test after this one.)
+        names = " ".join(n for n in sorted(os.listdir(directory)) if not n.startswith("table.f"))
+        _as_attacker_in(
+            directory, f"for f in {names}; do ln -s {victim} $f.casaguard-restore; done"
+        )
+    try:
+        with pytest.raises(casaguard.CasaTaskError) as failed:
+            casaguard.ft(vis=str(ms), complist=str(tmp_path / "missing.cl"), usescratch=True)
+        assert failed.value.restored
+        assert journal_trust.pending_journals(str(ms)) == []
+    finally:
+        shutil.rmtree(private)
+    assert victim.read_text() == "precious"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    for directory in (ms, ms / "HISTORY", ms / "SOURCE"):
+        for planted in directory.glob("*.casaguard-restore"):
+            planted.unlink()
+        directory.chmod(0o755)
+    assert not [p for p in ms.rglob("*") if p.is_symlink()]
+    assert _tree(ms) == before
+    assert_casa_can_use(ms, complist)
+
+
+def test_a_symlink_named_like_a_file_the_task_writes_is_refused_unchanged(
+    ms: Path, complist: Path, tmp_path: Path
+) -> None:
+    """A symlink in the main table named like one of MODEL_DATA's files (a column moved to
+    another disk and linked back, or someone's plant): a restore could only put it back by
+    writing where it leads, so the guarded ft is refused in one line, nothing changed."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("not the MS's")
+    link = ms / "table.f4.casaguard-restore"
+    link.symlink_to(elsewhere)
+    before = _tree(ms)
+    with pytest.raises(casaguard.InvalidInput) as refused:
+        casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
+    assert str(refused.value) == (
+        f"ft: cannot journal {ms}: table.f4.casaguard-restore is a symlink; nothing was "
+        "changed (journal=False runs without a safety copy)"
+    )
+    assert _tree(ms) == before and elsewhere.read_text() == "not the MS's"
+    assert journal_trust.pending_journals(str(ms)) == [] and _journals(ms) == []
+    link.unlink()
+    assert_casa_can_use(ms, complist)
+
+
+@pytest.mark.parametrize("plant", ["a hard link to another file", "a FIFO"])
+def test_restore_journal_never_writes_a_lock_file_that_is_not_the_tables_own(
+    ms: Path, complist: Path, tmp_path: Path, plant: str
+) -> None:
+    """After a caller died mid-ft, HISTORY/table.lock is moved aside and replaced by a hard
+    link to someone's file (what another user can plant in a shared subtable where
+    fs.protected_hardlinks is off; made here by the test, as this host has it on) or by a
+    FIFO. restore-journal refuses in one line, writes nothing into that file, and keeps the
+    journal; with the lock file put back it restores the MS."""
+    before = _tree(ms)
+    _kill_caller_mid_ft(ms, complist, tmp_path)
+    lock = ms / "HISTORY" / "table.lock"
+    aside = tmp_path / "table.lock.aside"
+    shutil.move(lock, aside)
+    someones = tmp_path / "someones.txt"
+    someones.write_text("x" * 2000)
+    if plant == "a FIFO":
+        os.mkfifo(lock)
+    else:
+        os.link(someones, lock)
+    result = _cli(["restore-journal", str(ms), "--force"], tmp_path)
+    assert result.returncode == 1, result.stderr
+    line = _error_line(result)
+    assert "HISTORY" in line and "the snapshot is kept" in line, line
+    assert someones.read_text() == "x" * 2000
+    assert len(journal_trust.pending_journals(ms)) == 1
+    lock.unlink()
+    shutil.move(aside, lock)
+    result = _cli(["restore-journal", str(ms), "--force"], tmp_path)
+    assert result.returncode == 0, result.stderr
     assert _tree(ms) == before
     assert_casa_can_use(ms, complist)
