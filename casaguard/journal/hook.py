@@ -80,8 +80,8 @@ Where journals live, and when one is trusted (a journal is an instruction to
 overwrite and delete files in an MS, so a planted one is an attack):
 
 * beside the MS (``<parent>/.<ms>.casaguard-journal-<pid>-<token>``) when the
-  parent is writable by the caller and not world-writable, or world-writable
-  but sticky (``/tmp``); otherwise in a per-user 0700 directory
+  parent is writable by the caller and by no one else (group or world), or
+  sticky (``/tmp``); otherwise in a per-user 0700 directory
   (``$XDG_RUNTIME_DIR/casaguard/journals`` or ``~/.cache/casaguard/journals``,
   owner and mode checked), named after the MS and a hash of its absolute path.
   Never in a world-writable directory without the sticky bit.

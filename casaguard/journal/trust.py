@@ -13,7 +13,7 @@ from pathlib import Path
 
 from casaguard import events
 from casaguard.errors import JournalError
-from casaguard.journal.layout import JOURNAL_MARK, MANIFEST
+from casaguard.journal.layout import FILES, HEARTBEAT, JOURNAL_MARK, MANIFEST, RELEASED
 from casaguard.journal.writer import writer_lock_holder
 from casaguard.sandbox.pids import pid_alive
 
@@ -60,19 +60,22 @@ def _is_private_dir(path: Path, *, closed: int) -> bool:
 
 
 def _beside_ok(parent: Path) -> bool:
-    """May a journal live in the MS's parent? Writable by us; by the world only if sticky.
+    """May a journal live in the MS's parent? Writable by us; by others only if sticky.
 
     In a sticky directory (``/tmp``) nobody else can rename or delete our 0700
     journal, its name has 32 random bits so it cannot be planted ahead, and a
     planted look-alike fails ``trust_problem``'s owner check. Refusing such a
     parent would hand the journal to ``~/.cache``, which another user can own
     when ``HOME=/tmp`` -- a denial of every guarded write (found in review).
+    A group-writable parent without the sticky bit is as unsafe as a world-writable
+    one: any member can rename the journal, or swap it for a directory of ours
+    while a restore reads it (found in review).
     """
     try:
         st = os.stat(parent)
     except OSError:
         return False
-    shared_unsafely = st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX
+    shared_unsafely = st.st_mode & (stat.S_IWOTH | stat.S_IWGRP) and not st.st_mode & stat.S_ISVTX
     return os.access(parent, os.W_OK | os.X_OK) and not shared_unsafely
 
 
@@ -146,10 +149,8 @@ def pending_journals(vis: str | os.PathLike[str], *, clean: bool = True) -> list
     for path in _candidates(ms):
         if not os.path.lexists(path / MANIFEST):
             owner = _owner_pid(path)
-            with contextlib.suppress(OSError):
-                ours = os.lstat(path).st_uid == os.geteuid() and not path.is_symlink()
-                if clean and ours and owner is not None and not pid_alive(owner):
-                    shutil.rmtree(path)  # the task never started: nothing to restore
+            if clean and owner is not None and not pid_alive(owner):
+                _remove_unstarted(path)  # the task never started: nothing to restore
             continue
         problem = trust_problem(path, ms)
         if problem is not None:
@@ -157,6 +158,32 @@ def pending_journals(vis: str | os.PathLike[str], *, clean: bool = True) -> list
             continue
         found.append(path)
     return found
+
+
+#: What a journal whose task never started can hold: the heartbeat, a released mark, a
+#: half-made copy, a manifest not yet renamed into place.
+_UNSTARTED_ENTRIES = frozenset({HEARTBEAT, RELEASED, FILES, MANIFEST + ".tmp"})
+
+
+def _remove_unstarted(path: Path) -> None:
+    """Remove a journal whose task never started -- only if it is one casaguard made.
+
+    Anyone who may rename entries where journals are looked for can give any
+    directory of ours a journal's name, so the name proves nothing (found in
+    review: a victim's directory renamed so was deleted whole). It must also be
+    our own plain 0700 directory holding nothing but a journal's own entries,
+    with its heartbeat, which casaguard writes right after making it; an empty
+    one is only ever rmdir-ed.
+    """
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return
+        entries = set(os.listdir(path))
+        if not entries:
+            os.rmdir(path)
+        elif HEARTBEAT in entries and entries <= _UNSTARTED_ENTRIES:
+            shutil.rmtree(path)
 
 
 def orphans(vis: str | os.PathLike[str]) -> list[Path]:
