@@ -1381,3 +1381,31 @@ def test_restore_journal_never_writes_a_lock_file_that_is_not_the_tables_own(
     assert result.returncode == 0, result.stderr
     assert _tree(ms) == before
     assert_casa_can_use(ms, complist)
+
+
+def test_a_directory_given_a_journals_name_by_another_user_is_never_deleted(
+    ms_factory: Any, complist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MS's parent is writable by others (mode 0777). Another user (as itself) renames
+    one of the victim's directories there, which they cannot empty themselves, to the
+    name of a journal whose task never started. The victim's next guarded ft and
+    restore-journal look for journals there; neither deletes it."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    ms = ms_factory(shared / "test.ms")
+    precious = shared / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "sub" / "secret").write_text("mine")
+    (precious / "sub").chmod(0o700)
+    shared.chmod(0o777)
+    planted = shared / f".{ms.name}{journal_layout.JOURNAL_MARK}999999-deadbeef"
+    _as_attacker_in(shared, f"mv precious {planted.name} && ! rm -rf {planted.name} 2>/dev/null")
+    assert not pids.pid_alive(999999)
+    casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
+    result = _cli(["restore-journal", str(ms)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (planted / "sub" / "secret").read_text() == "mine"
+    shared.chmod(0o755)
+    assert_casa_can_use(ms, complist)
