@@ -146,7 +146,19 @@ def pending_journals(vis: str | os.PathLike[str], *, clean: bool = True) -> list
     """
     ms = Path(os.path.abspath(vis))
     found = []
+    # Where others may rename our entries (a group- or world-writable parent without the
+    # sticky bit), casaguard puts no journal; a look-alike there is never cleaned up (its
+    # checks would race a swap: found in review) nor trusted (it could be swapped mid-read).
+    beside_ok = _beside_ok(ms.parent)
     for path in _candidates(ms):
+        if path.parent == ms.parent and not beside_ok:
+            log.warning(
+                "journal_untrusted",
+                vis=str(ms),
+                journal=str(path),
+                reason="it lies where others may rename entries",
+            )
+            continue
         if not os.path.lexists(path / MANIFEST):
             owner = _owner_pid(path)
             if clean and owner is not None and not pid_alive(owner):
