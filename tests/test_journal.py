@@ -1383,12 +1383,15 @@ def test_restore_journal_never_writes_a_lock_file_that_is_not_the_tables_own(
     assert_casa_can_use(ms, complist)
 
 
+@pytest.mark.parametrize("shape", ["any directory", "shaped like an unstarted journal"])
 def test_a_directory_given_a_journals_name_by_another_user_is_never_deleted(
-    ms_factory: Any, complist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ms_factory: Any, complist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: str
 ) -> None:
     """The MS's parent is writable by others (mode 0777). Another user (as itself) renames
     one of the victim's directories there, which they cannot empty themselves, to the
-    name of a journal whose task never started. The victim's next guarded ft and
+    name of a journal whose task never started -- any directory, or one shaped like such
+    a journal (0700, a heartbeat and a files/ directory: what a swap with a real one
+    would present to a check made by path). The victim's next guarded ft and
     restore-journal look for journals there; neither deletes it."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "run").mkdir(mode=0o700)
@@ -1399,6 +1402,10 @@ def test_a_directory_given_a_journals_name_by_another_user_is_never_deleted(
     (precious / "sub").mkdir(parents=True)
     (precious / "sub" / "secret").write_text("mine")
     (precious / "sub").chmod(0o700)
+    if shape == "shaped like an unstarted journal":
+        (precious / "sub").rename(precious / journal_layout.FILES)
+        (precious / journal_layout.HEARTBEAT).write_text("")
+        precious.chmod(0o700)
     shared.chmod(0o777)
     planted = shared / f".{ms.name}{journal_layout.JOURNAL_MARK}999999-deadbeef"
     _as_attacker_in(shared, f"mv precious {planted.name} && ! rm -rf {planted.name} 2>/dev/null")
@@ -1406,6 +1413,7 @@ def test_a_directory_given_a_journals_name_by_another_user_is_never_deleted(
     casaguard.ft(vis=str(ms), complist=str(complist), usescratch=True)
     result = _cli(["restore-journal", str(ms)], tmp_path)
     assert result.returncode == 2, result.stderr
-    assert (planted / "sub" / "secret").read_text() == "mine"
+    kept = "sub" if shape == "any directory" else journal_layout.FILES
+    assert (planted / kept / "secret").read_text() == "mine"
     shared.chmod(0o755)
     assert_casa_can_use(ms, complist)
