@@ -723,10 +723,12 @@ def _kill_caller_mid_ft(ms: Path, complist: Path, tmp_path: Path) -> Path:
     )
     manifest = None
     deadline = time.monotonic() + 120
+    # Beside the MS, or in the private directory when others may write its parent.
+    private = Path(os.environ.get("XDG_RUNTIME_DIR", "/nonexistent"), "casaguard", "journals")
     while manifest is None and time.monotonic() < deadline:
         ready = [
             p / journal_layout.MANIFEST
-            for p in _journals(ms)
+            for p in [*_journals(ms), *private.glob(f"{ms.name}-*")]
             if (p / journal_layout.MANIFEST).exists()
         ]
         manifest = ready[0] if ready else None
@@ -1205,9 +1207,11 @@ def test_restore_journal_never_writes_elsewhere_while_a_directory_is_swapped(
     shared.mkdir()
     ms = ms_factory(shared / "test.ms")
     if swap == "the MS for another MS":
-        # A parent others may write to: the journal goes to the caller's private directory.
+        # A parent others may write to, from the start: the journal goes to the caller's
+        # private directory (one left beside the MS there would not be trusted).
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
         (tmp_path / "run").mkdir(mode=0o700)
+        shared.chmod(0o777)
         where, name = shared, ms.name
         elsewhere = ms_factory(tmp_path / "other.ms")
     else:
