@@ -107,9 +107,10 @@ def restore(journal: str | os.PathLike[str], *, vis: str) -> list[str]:
         return []
     unpinned: Callable[[str], str] = str
     try:
-        with PinnedTree(root, _snapshotted_dirs(journal)) as pins:
+        manifest = _read_manifest(journal)
+        with PinnedTree(root, _snapshotted_dirs(manifest)) as pins:
             try:
-                return _restore(journal, root, pins)
+                return _restore(journal, manifest, root, pins)
             except BaseException:
                 _remove_temp_files(pins)
                 unpinned = pins.unpinning(root)
@@ -124,9 +125,8 @@ def restore(journal: str | os.PathLike[str], *, vis: str) -> list[str]:
         ) from error
 
 
-def _restore(journal: Path, root: Path, pins: PinnedTree) -> list[str]:
+def _restore(journal: Path, manifest: dict[str, Any], root: Path, pins: PinnedTree) -> list[str]:
     """The restore itself; every rename, unlink and open in the MS goes through ``pins``."""
-    manifest = _read_manifest(journal)
     if os.path.realpath(str(manifest.get("vis"))) != os.path.realpath(root):
         raise JournalError(f"its manifest names {manifest.get('vis')!r}, not {root}")
     _validated(root, journal, manifest)
@@ -190,12 +190,12 @@ def _restore(journal: Path, root: Path, pins: PinnedTree) -> list[str]:
     return sorted(done)
 
 
-def _snapshotted_dirs(journal: Path) -> dict[str, tuple[int, int]]:
-    """The (device, inode) of each directory the snapshot copied from, by path in the MS."""
-    try:
-        dirs = json.loads((journal / MANIFEST).read_text()).get("dirs", {})
-    except (OSError, ValueError, AttributeError):
-        return {}  # _restore's own reading of the manifest says what is wrong
+def _snapshotted_dirs(manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """The (device, inode) of each directory the snapshot copied from, by path in the MS
+    (none in a journal written before they were recorded)."""
+    dirs = manifest.get("dirs", {})
+    if not isinstance(dirs, dict):
+        return {}
     return {
         rel: (ident[0], ident[1])
         for rel, ident in dirs.items()
